@@ -1,0 +1,262 @@
+"""The lab's data pipeline: CIFAR-10, an image folder, or a synthetic stand-in, and the loaders.
+
+    train_set, test_set, info = load_datasets(dataset="auto", data_path="./data", seed=0)
+    train_loader = make_loader(train_set, batch_size=128, shuffle=True, num_workers=2, seed=0)
+
+Sources (`--dataset`):
+- `cifar10`: torchvision's CIFAR-10 under `data_path`, downloaded when missing.
+- `folder`: an image-folder tree, `data_path/train/<class>/*` and `data_path/test/<class>/*`.
+- `synthetic`: CIFAR-shaped images generated in memory from a seed (see `SyntheticCIFAR`).
+- `auto`: CIFAR-10 when it is on disk or can be downloaded, otherwise synthetic.
+
+Every source goes through the same transforms, so the DataLoader does the same work per image.
+Anything wrong with the data raises `DataError`, whose message says how to fix it.
+"""
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+DATASETS = ("auto", "cifar10", "folder", "synthetic")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+# The per-channel mean and standard deviation the assignment gives for CIFAR-10.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+
+
+class DataError(Exception):
+    """The data set cannot be used as asked; the message says why and what to do."""
+
+
+def train_transform():
+    """The assignment's training augmentation: random crop with 4 px padding, random flip."""
+    return transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(0.5),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])
+
+
+def test_transform():
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+class SyntheticCIFAR(Dataset):
+    """A learnable, CIFAR-shaped data set generated in memory from a seed.
+
+    Each class has its own smooth colour pattern (a random 5x5 field, upsampled). An image is
+    its class pattern, shifted by up to 4 px and sometimes mirrored, blended with a weaker
+    pattern of another class, plus pixel noise. A CNN can learn it, through the lab's crop
+    and flip, but not in a step: the distractor and the noise keep it from being trivial,
+    so optimizers and architectures show different curves. Like torchvision's CIFAR10 it
+    keeps `data` (uint8, N x 32 x 32 x 3) and `targets`, and gives PIL images to the
+    transforms, so the loaders do the same per-image work as on the real data.
+    """
+
+    classes = [f"pattern{k}" for k in range(10)]
+
+    def __init__(self, size, seed=0, train=True, transform=None):
+        self.transform = transform
+        generator = torch.Generator().manual_seed(seed)
+        patterns = self._class_patterns(generator)  # the same for train and test
+        if not train:  # a different draw of images from the same classes
+            generator.manual_seed(seed + 1_000_003)
+        self.data, self.targets = self._draw(patterns, size, generator)
+
+    @staticmethod
+    def _class_patterns(generator, num_classes=10):
+        fields = torch.randn(num_classes, 3, 5, 5, generator=generator)
+        patterns = F.interpolate(fields, size=(40, 40), mode="bicubic", align_corners=False)
+        patterns = patterns - patterns.mean(dim=(1, 2, 3), keepdim=True)
+        return patterns / patterns.std(dim=(1, 2, 3), keepdim=True)  # (10, 3, 40, 40)
+
+    @staticmethod
+    def _draw(patterns, size, generator, chunk=5000):
+        num_classes = len(patterns)
+        labels = torch.arange(size) % num_classes
+        labels = labels[torch.randperm(size, generator=generator)]
+        images = []
+        for start in range(0, size, chunk):
+            y = labels[start:start + chunk]
+            n = len(y)
+            other = (y + torch.randint(1, num_classes, (n,), generator=generator)) % num_classes
+            weight = torch.empty(n, 1, 1, 1).uniform_(0.6, 1.0, generator=generator)
+            mix = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.55, generator=generator)
+            x = weight * _random_windows(patterns[y], generator)
+            x = x + mix * weight * _random_windows(patterns[other], generator)
+            x = x + 0.35 * torch.randn(n, 3, 32, 32, generator=generator)
+            x = x + 0.3 * torch.randn(n, 3, 1, 1, generator=generator)  # colour cast
+            images.append((128 + 48 * x).clamp(0, 255).to(torch.uint8))
+        data = torch.cat(images).permute(0, 2, 3, 1).contiguous()  # (N, 32, 32, 3), like CIFAR10
+        return data.numpy(), labels.tolist()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+def _random_windows(patterns, generator):
+    """A random 32x32 window of each 40x40 pattern, mirrored left-right half of the time."""
+    n = len(patterns)
+    rows = torch.randint(0, 9, (n, 1), generator=generator) + torch.arange(32)  # (n, 32)
+    cols = torch.randint(0, 9, (n, 1), generator=generator) + torch.arange(32)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols[flip] = cols[flip].flip(1)
+    batch = torch.arange(n)[:, None, None, None]
+    channel = torch.arange(3)[None, :, None, None]
+    return patterns[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]  # (n, 3, 32, 32)
+
+
+def seeded_subset(dataset, size, seed):
+    """A fixed subset of `size` items, the same for the same seed (all of it when size is None)."""
+    if size is None:
+        return dataset
+    if size > len(dataset):
+        raise DataError(f"asked for {size} images but the data set has {len(dataset)}")
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, indices[:size].tolist())
+
+
+def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, test_size=None,
+                  download=True):
+    """Return (train_set, test_set, info); `info` names the data set actually used.
+
+    `train_size`/`test_size` take a fixed, seeded subset (synthetic data is generated at that
+    size). With `download=False` a missing CIFAR-10 is not fetched.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        return _synthetic(seed, train_size, test_size, note="chosen with --dataset synthetic")
+    if dataset == "folder":
+        train_set, test_set, info = _image_folder(Path(data_path))
+    else:
+        found = _cifar10(Path(data_path), download, required=(dataset == "cifar10"))
+        if found is None:
+            return _synthetic(seed, train_size, test_size, note=(
+                f"CIFAR-10 is not under {data_path} and could not be downloaded, so this run "
+                "uses synthetic CIFAR-shaped data; its accuracies are not CIFAR-10's"))
+        train_set, test_set, info = found
+    info["train_images"] = len(train_set) if train_size is None else train_size
+    info["test_images"] = len(test_set) if test_size is None else test_size
+    return (seeded_subset(train_set, train_size, seed),
+            seeded_subset(test_set, test_size, seed), info)
+
+
+def _synthetic(seed, train_size, test_size, note):
+    train_size = 50_000 if train_size is None else train_size
+    test_size = 10_000 if test_size is None else test_size
+    train_set = SyntheticCIFAR(train_size, seed, train=True, transform=train_transform())
+    test_set = SyntheticCIFAR(test_size, seed, train=False, transform=test_transform())
+    info = {"name": "synthetic", "source": f"generated in memory from seed {seed}",
+            "note": note, "train_images": train_size, "test_images": test_size}
+    return train_set, test_set, info
+
+
+def _image_folder(root):
+    missing = [str(root / split) for split in ("train", "test") if not (root / split).is_dir()]
+    if missing:
+        raise DataError(f"--dataset folder needs {root}/train/<class>/* and {root}/test/<class>/*;"
+                        f" not found: {', '.join(missing)}")
+    try:
+        train_set = datasets.ImageFolder(root / "train", transform=train_transform())
+        test_set = datasets.ImageFolder(root / "test", transform=test_transform())
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"cannot read the image folder {root}: {error}") from None
+    if train_set.classes != test_set.classes:
+        raise DataError(f"{root}/train and {root}/test have different class folders")
+    info = {"name": "folder", "source": str(root), "note": "image folder",
+            "classes": train_set.classes}
+    return train_set, test_set, info
+
+
+def _cifar10(root, download, required):
+    """CIFAR-10 from `root`, downloading it if allowed; None if it is absent and unobtainable."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-path {root} is a file; it must be a folder for CIFAR-10")
+    sets = _read_cifar10(root)
+    if sets is None:
+        files = [root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"]
+        partial = [str(path) for path in files if path.exists()]
+        error = "downloading is off" if not download else _download_cifar10(root)
+        if error:
+            if partial:
+                raise DataError(
+                    f"CIFAR-10 under {root} is incomplete or corrupted and could not be "
+                    f"downloaded again ({error}). Delete {' and '.join(partial)}, then run "
+                    "again with internet access, or put a good copy of "
+                    "cifar-10-python.tar.gz there")
+            if required:
+                raise DataError(
+                    f"CIFAR-10 is not under {root} and could not be downloaded ({error}). Put "
+                    f"cifar-10-python.tar.gz (or its extracted cifar-10-batches-py folder) in "
+                    f"{root}, point --data-path at it, or use --dataset synthetic")
+            return None
+        sets = _read_cifar10(root)
+        if sets is None:
+            raise DataError(f"CIFAR-10 was downloaded to {root} but fails its checksum; "
+                            "delete it and run again")
+    train_set, test_set = sets
+    return train_set, test_set, {"name": "cifar10", "source": str(root), "note": "CIFAR-10"}
+
+
+def _read_cifar10(root):
+    try:
+        return (datasets.CIFAR10(root, train=True, transform=train_transform()),
+                datasets.CIFAR10(root, train=False, transform=test_transform()))
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+    except Exception:  # a truncated pickle that passed the checksum cannot happen; be safe
+        return None
+
+
+def _download_cifar10(root):
+    """Download CIFAR-10 into root; return None on success or the reason it failed."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"--data-path {root} cannot be created: {error.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise DataError(f"--data-path {root} cannot be written")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # torchvision's urllib call has no timeout of its own
+    try:
+        datasets.CIFAR10(root, train=True, download=True)
+        return None
+    except Exception as error:  # URLError, HTTPError, OSError, a checksum failure: all "failed"
+        return str(error).strip() or type(error).__name__
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=False,
+                multiprocessing_context=None):
+    """A DataLoader whose shuffling order depends only on `seed`.
+
+    Each epoch starts fresh workers (`persistent_workers=False`, the default), which is what
+    the lab measures: worker start-up is part of every epoch's data-loading time.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+    )
