@@ -51,6 +51,8 @@ class Config:
     amp: str = None                # None, "bf16" or "fp16"
     compile: bool = False
     compile_mode: str = None       # torch.compile's mode; None is its default
+    loader: str = "torch"          # "torch": the lab's DataLoader; "device": DeviceLoader
+    profile: bool = False          # c2, c4: write a torch.profiler trace to the results folder
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,6 +263,12 @@ def build_parser():
                        choices=("default", "reduce-overhead", "max-autotune"),
                        help="torch.compile the model: default, reduce-overhead or "
                             "max-autotune (default when given: default)")
+    speed.add_argument("--loader", default="torch", choices=("torch", "device"),
+                       help="torch: the lab's DataLoader (default); device: the training set "
+                            "held on the device and augmented there in whole batches")
+    add("--profile", action="store_true",
+        help="c2, c4: record a torch.profiler trace (Chrome trace JSON) in the results folder "
+             "and print the ten costliest operators")
     return parser
 
 
@@ -296,7 +304,8 @@ def parse_args(argv):
         num_workers=args.num_workers, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, epochs=args.epochs, batch_norm=args.batch_norm, out=args.out,
         channels_last=args.channels_last, amp=args.amp, compile=args.compile is not None,
-        compile_mode=None if args.compile in (None, "default") else args.compile)
+        compile_mode=None if args.compile in (None, "default") else args.compile,
+        loader=args.loader, profile=args.profile)
     return args.exercise, cfg, args.evaluate
 
 
