@@ -14,17 +14,23 @@ Ctrl-C keeps what has finished.
 import argparse
 import datetime
 import functools
+import hashlib
 import os
 import platform
+import statistics
 import sys
+import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 import report
-from data import DATASETS, DataError, load_datasets
-from report import markdown_table, mean, percent, seconds
-from train import OPTIMIZERS, fit
+from data import DATASETS, DataError, load_datasets, make_loader
+from questions import (model_summary, q1_conv_layers, q2_linear_input, q3_sgd_parameters,
+                       q4_adam_parameters, render_q1, render_q2, render_q3, render_q4)
+from report import bar_chart, markdown_table, mean, percent, seconds
+from train import OPTIMIZERS, fit, make_model
 
 
 @dataclass
@@ -53,6 +59,11 @@ class Config:
     compile_mode: str = None       # torch.compile's mode; None is its default
     loader: str = "torch"          # "torch": the lab's DataLoader; "device": DeviceLoader
     profile: bool = False          # c2, c4: write a torch.profiler trace to the results folder
+    # The worker experiments.
+    max_workers: int = None        # C3: sweep 0, 4, ... up to this; None: until no faster
+    repeats: int = 3               # C3: timings per worker count (the median is used)
+    best_workers: int = None       # C4, C5: the best worker count, when it is known
+    quick: bool = False            # small slices chosen by --quick
 
 
 # ----------------------------------------------------------------------------------------
@@ -148,6 +159,353 @@ def _share(figures):
 
 
 # ----------------------------------------------------------------------------------------
+# C3 and C4: DataLoader workers
+
+
+def usable_cores():
+    """The CPU cores this process may run on (what worker processes can actually share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def loader_epoch_time(cfg, num_workers):
+    """Seconds for the training DataLoader to deliver one full epoch, with no model.
+
+    The clock starts before `iter(loader)`, so starting the worker processes is included,
+    and stops after the last batch, when they have been shut down.
+    """
+    train_set = datasets_for(cfg)[0]
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
+                         seed=cfg.seed)
+    with warnings.catch_warnings():  # torch warns past the core count; C3 explains it instead
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        return time.perf_counter() - start
+
+
+def c3_worker_sweep(cfg, checkpoint=None):
+    """C3: time one epoch of data loading for 0, 4, 8, ... workers; the fastest count wins.
+
+    Without cfg.max_workers the sweep stops at the first count that is not faster than the
+    one before (the assignment's rule); with it, every count up to cfg.max_workers is timed.
+    Each count is timed cfg.repeats times and ranked by the median.
+    """
+    cores = usable_cores()
+    counts = (range(0, cfg.max_workers + 1, 4) if cfg.max_workers is not None
+              else range(0, 4 * max(cores, 16) + 1, 4))  # the stop rule ends it long before
+    result = {"cores": cores, "max_workers": cfg.max_workers, "repeats": cfg.repeats,
+              "points": [], "best_workers": None, "stopped_because": None}
+    for num_workers in counts:
+        times = sorted(loader_epoch_time(cfg, num_workers) for _ in range(cfg.repeats))
+        point = {"num_workers": num_workers, "median": statistics.median(times),
+                 "min": times[0], "max": times[-1], "times": times}
+        print(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
+              f"(min {point['min']:.3f}, max {point['max']:.3f})", file=sys.stderr, flush=True)
+        previous = result["points"][-1] if result["points"] else None
+        result["points"].append(point)
+        result["best_workers"] = min(result["points"], key=lambda p: p["median"])["num_workers"]
+        if checkpoint is not None:
+            checkpoint(result)
+        if cfg.max_workers is None and previous and point["median"] >= previous["median"]:
+            result["stopped_because"] = (f"{num_workers} workers were not faster than "
+                                         f"{previous['num_workers']}")
+            break
+    else:
+        result["stopped_because"] = "every count asked for was timed"
+    return result
+
+
+def render_c3(result):
+    points = result["points"]
+    best = result["best_workers"]
+    rows = [[p["num_workers"], seconds(p["median"]), f"{p['min']:.3f}-{p['max']:.3f}",
+             "best" if p["num_workers"] == best else ""] for p in points]
+    text = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", ""],
+                          rows, align="rrrl")
+    chart = bar_chart([f"{p['num_workers']} workers" for p in points],
+                      [p["median"] for p in points], mark=f"{best} workers")
+    text += f"\n\nOne epoch of data loading (no model), median of {result['repeats']} runs:\n\n"
+    text += "```\n" + chart + "\n```\n"
+    if not points:
+        return text
+    winner = next(p for p in points if p["num_workers"] == best)
+    text += (f"\nBest: **{best} workers**, {winner['median']:.3f} s per epoch. "
+             f"The sweep stopped because {result['stopped_because']}.")
+    close = [p for p in points if p is not winner and p["min"] <= winner["max"]]
+    if close:
+        text += (" Within the noise of the best (their spreads overlap): "
+                 + ", ".join(str(p["num_workers"]) for p in close) + " workers.")
+    if max(p["num_workers"] for p in points) > result["cores"]:
+        text += (f"\n\nThis machine gives the program {result['cores']} CPU cores. Each worker "
+                 "is a process that needs a core to decode and augment images, and the main "
+                 f"process needs one too, so more than {result['cores']} workers cannot load "
+                 "faster here: they only share the same cores and add start-up time.")
+    return text
+
+
+def c3_chart_png(result, path):
+    """Save C3's chart as a PNG where matplotlib happens to be installed; True if saved."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = result["points"]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    axes.errorbar([p["num_workers"] for p in points], [p["median"] for p in points],
+                  yerr=[[p["median"] - p["min"] for p in points],
+                        [p["max"] - p["median"] for p in points]], marker="o", capsize=3)
+    axes.set_xlabel("DataLoader workers")
+    axes.set_ylabel("seconds per epoch (median)")
+    axes.set_title("C3: data loading time against workers")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def best_worker_count(cfg):
+    """(count, where it came from): --best-workers, else C3's results file, else a sweep."""
+    if cfg.best_workers is not None:
+        return cfg.best_workers, "--best-workers"
+    path = os.path.join(cfg.out, "c3.json")
+    sweep = report.read_json(path)
+    if sweep and sweep.get("complete") and sweep.get("best_workers") is not None:
+        return sweep["best_workers"], f"C3's results ({path})"
+    print("c4/c5: no C3 results and no --best-workers: sweeping the worker counts first",
+          file=sys.stderr)
+    return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
+
+
+def run_into(result, key, cfg, checkpoint, label=""):
+    """Train as cfg says, keeping the run in result["runs"][key] after every epoch."""
+    def save(run):
+        result["runs"][key] = {"num_workers": cfg.num_workers, "device": cfg.device,
+                               "optimizer": cfg.optimizer, "batch_norm": cfg.batch_norm,
+                               **model_facts(cfg), **run}
+        if checkpoint is not None:
+            checkpoint(result)
+
+    save(training_run(cfg, save, label))
+    return result["runs"][key]
+
+
+def model_facts(cfg):
+    """What the run's model is, from the same constructor and seed `fit` uses."""
+    model = make_model(replace(cfg, device="cpu", channels_last=False), torch.device("cpu"))
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.numpy().tobytes())
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batchnorm_layers": sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()),
+        "initial_weights_sha256": digest.hexdigest()[:16],
+    }
+
+
+def c4_workers_compared(cfg, checkpoint=None):
+    """C4: C2 with 1 worker and with the best count, side by side."""
+    best, source = best_worker_count(cfg)
+    result = {"best_workers": best, "best_source": source, "runs": {}}
+    run_into(result, "one_worker", replace(cfg, num_workers=1), checkpoint, "1 worker, ")
+    run_into(result, "best", replace(cfg, num_workers=best), checkpoint, f"{best} workers, ")
+    return result
+
+
+def render_c4(result):
+    runs = result["runs"]
+    names = {"one_worker": "1 worker", "best": f"{result['best_workers']} workers (best)"}
+    rows = []
+    for key, run in runs.items():
+        for e in run["epochs"]:
+            rows.append([names[key], e["epoch"], seconds(e["data_time"]),
+                         seconds(e["first_batch_time"]), seconds(e["train_time"]),
+                         seconds(e["epoch_time"])])
+        s = run["summary"]
+        if run["epochs"]:
+            rows.append([names[key], "mean", seconds(s["data_time"]), seconds(_mean_first(run)),
+                         seconds(s["train_time"]), seconds(s["epoch_time"])])
+    text = markdown_table(["workers", "epoch", "data (s)", "of which first batch (s)",
+                           "train (s)", "total (s)"], rows, align="lrrrrr")
+    text += f"\n\nThe best count, {result['best_workers']}, comes from {result['best_source']}."
+    if "one_worker" in runs and "best" in runs and runs["best"]["epochs"]:
+        text += "\n\n" + explain_c4(runs["one_worker"], runs["best"], result["best_workers"])
+    return text
+
+
+def _mean_first(run):
+    return mean(e["first_batch_time"] for e in run["epochs"])
+
+
+def explain_c4(one, best, best_workers):
+    """C4's explanation, every figure in it read from the two runs."""
+    lines = []
+    for run, name in ((one, "1 worker"), (best, f"{best_workers} workers")):
+        s = run["summary"]
+        share = 100 * s["data_time"] / s["epoch_time"]
+        first = _mean_first(run)
+        hidden = ("loading is hidden behind compute: the workers prepare the next batches "
+                  "while the model trains, so the loop hardly waits"
+                  if share < 5 else
+                  "loading is not hidden: the workers cannot prepare batches as fast as the "
+                  "model consumes them, so the loop waits")
+        lines.append(
+            f"- With {name}, the loop waited {s['data_time']:.3f} s per epoch for data "
+            f"({share:.1f}% of the epoch): {hidden}. Of that wait, {first:.3f} s "
+            f"({100 * first / max(s['data_time'], 1e-12):.0f}%) is the first batch of each epoch, "
+            "which includes starting the worker processes afresh.")
+    t_one, t_best = one["summary"]["epoch_time"], best["summary"]["epoch_time"]
+    lines.append(f"- Per epoch, {best_workers} workers took {t_best:.3f} s against "
+                 f"{t_one:.3f} s with 1 worker ({t_one / t_best:.2f}x). Training time itself "
+                 f"({one['summary']['train_time']:.3f} s and {best['summary']['train_time']:.3f} "
+                 "s) does not depend on the workers; what changes is the wait for data.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
+# C5, C6 and C7
+
+
+def gpu_device():
+    """("cuda" or "mps", its name), or (None, why there is none)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_name()
+    if torch.backends.mps.is_available():
+        return "mps", "Apple MPS"
+    build = f"torch {torch.__version__}"
+    return None, f"no CUDA or MPS device is available on this machine ({build})"
+
+
+def c5_cpu_vs_gpu(cfg, checkpoint=None):
+    """C5: average epoch time on the CPU and on the GPU with the best worker count."""
+    best, source = best_worker_count(cfg)
+    gpu, gpu_name = gpu_device()
+    result = {"best_workers": best, "best_source": source, "runs": {},
+              "gpu": {"device": gpu, "name": gpu_name if gpu else None,
+                      "skipped": None if gpu else gpu_name},
+              "speedup": None}
+    run_into(result, "cpu", replace(cfg, device="cpu", num_workers=best), checkpoint, "cpu, ")
+    if gpu is not None:
+        run_into(result, "gpu", replace(cfg, device=gpu, num_workers=best), checkpoint,
+                 f"{gpu}, ")
+        result["speedup"] = (result["runs"]["cpu"]["summary"]["epoch_time"]
+                             / result["runs"]["gpu"]["summary"]["epoch_time"])
+    return result
+
+
+def render_c5(result):
+    rows = []
+    for key, run in result["runs"].items():
+        s = run["summary"]
+        name = "CPU" if key == "cpu" else f"GPU ({result['gpu']['name']})"
+        rows.append([name, s["epochs"], seconds(s["epoch_time"]), seconds(s["train_time"]),
+                     seconds(s["data_time"])])
+    if result["gpu"]["skipped"]:
+        rows.append(["GPU", "-", "skipped", "-", "-"])
+    text = markdown_table(["device", "epochs", "mean epoch (s)", "mean train (s)",
+                           "mean data (s)"], rows)
+    text += f"\n\nBoth with {result['best_workers']} workers (from {result['best_source']})."
+    if result["speedup"] is not None:
+        text += (f" The GPU is **{result['speedup']:.1f}x** faster per epoch than the CPU "
+                 "(mean epoch time over the epochs).")
+    else:
+        text += f" The GPU run was skipped: {result['gpu']['skipped']}."
+    return text
+
+
+def c6_optimizers(cfg, checkpoint=None):
+    """C6: the five optimizers from the same initial weights and the same data order."""
+    result = {"optimizers": list(OPTIMIZERS), "runs": {}}
+    for name in OPTIMIZERS:
+        run_into(result, name, replace(cfg, optimizer=name), checkpoint, f"{name}, ")
+    return result
+
+
+def render_c6(result):
+    rows, epoch_rows = [], []
+    for name, run in result["runs"].items():
+        s = run["summary"]
+        status = f"diverged in epoch {s['diverged_at']}" if s["diverged_at"] else ""
+        rows.append([name, seconds(s["train_time"]), _loss(s["train_loss"]),
+                     percent(s["train_accuracy"]), _loss(s["final_train_loss"]),
+                     percent(s["final_train_accuracy"]), status])
+        for e in run["epochs"]:
+            epoch_rows.append([name, e["epoch"], seconds(e["train_time"]), _loss(e["train_loss"]),
+                               percent(e["train_accuracy"]), "diverged" if e["diverged"] else ""])
+    text = markdown_table(["optimizer", "mean train (s)", "mean loss", "mean top-1",
+                           "last loss", "last top-1", ""], rows, align="lrrrrrl")
+    text += "\n\nPer epoch:\n\n" + markdown_table(
+        ["optimizer", "epoch", "train (s)", "loss", "top-1", ""], epoch_rows, align="lrrrrl")
+    fingerprints = {run["initial_weights_sha256"] for run in result["runs"].values()}
+    text += ("\n\nAll runs start from the same initial weights (one SHA-256 prefix, "
+             f"{', '.join(sorted(fingerprints))}) and see the same data order (one seed); "
+             "lr 0.1 and weight decay 5e-4 for all, momentum 0.9 for the two SGDs.")
+    return text
+
+
+def _loss(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
+def c7_without_batchnorm(cfg, checkpoint=None):
+    """C7: SGD without BatchNorm, against the same run with it (C6's SGD run when it matches)."""
+    cfg = replace(cfg, optimizer="sgd")
+    result = {"runs": {}, "batch_norm_source": "a fresh run"}
+    c6 = report.read_json(os.path.join(cfg.out, "c6.json"))
+    reusable = (c6 and c6.get("complete") and "sgd" in c6.get("runs", {})
+                and _same_training(c6["config"], asdict(replace(cfg, batch_norm=True))))
+    run_into(result, "without_bn", replace(cfg, batch_norm=False), checkpoint, "no BN, ")
+    if reusable:
+        result["runs"]["with_bn"] = c6["runs"]["sgd"]
+        result["batch_norm_source"] = "C6's SGD run (same configuration)"
+        if checkpoint is not None:
+            checkpoint(result)
+    else:
+        run_into(result, "with_bn", replace(cfg, batch_norm=True), checkpoint, "with BN, ")
+    return result
+
+
+def _same_training(a, b):
+    """Two configurations train the same way (the output folder aside)."""
+    ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers"}
+    return {k: v for k, v in a.items() if k not in ignore} == \
+        {k: v for k, v in b.items() if k not in ignore}
+
+
+def render_c7(result):
+    names = {"with_bn": "with BatchNorm", "without_bn": "without BatchNorm"}
+    rows = []
+    for key in ("with_bn", "without_bn"):
+        run = result["runs"].get(key)
+        if run is None:
+            continue
+        s = run["summary"]
+        rows.append([names[key], run["batchnorm_layers"], f"{run['parameters']:,}",
+                     _loss(s["train_loss"]), percent(s["train_accuracy"]),
+                     _loss(s["final_train_loss"]), percent(s["final_train_accuracy"]),
+                     seconds(s["train_time"]), seconds(s["epoch_time"])])
+    text = markdown_table(["model", "BN layers", "parameters", "mean loss", "mean top-1",
+                           "last loss", "last top-1", "train/epoch (s)", "epoch (s)"], rows)
+    text += f"\n\nThe BatchNorm run is {result['batch_norm_source']}."
+    if len(rows) == 2:
+        with_bn = result["runs"]["with_bn"]["summary"]
+        without = result["runs"]["without_bn"]["summary"]
+        text += (f" Without BatchNorm the mean training loss is {without['train_loss']:.4f} "
+                 f"against {with_bn['train_loss']:.4f}, the mean top-1 accuracy "
+                 f"{without['train_accuracy']:.1f}% against {with_bn['train_accuracy']:.1f}%, "
+                 f"and an epoch's training takes {without['train_time']:.3f} s against "
+                 f"{with_bn['train_time']:.3f} s.")
+        if without["diverged_at"]:
+            text += f" Without BatchNorm the loss diverged in epoch {without['diverged_at']}."
+    return text
+
+
+# ----------------------------------------------------------------------------------------
 # The command line
 
 
@@ -158,22 +516,28 @@ class Exercise:
     render: callable = None        # render(result) -> Markdown text
     uses_data: bool = True
     evaluate: bool = False         # test accuracy on by default
+    chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render_c1, evaluate=True),
     "c2": Exercise("C2: time measurement", c2_timing, render_c2),
-    "c3": Exercise("C3: I/O optimization (DataLoader workers)"),
-    "c4": Exercise("C4: profiling, 1 worker against the best"),
-    "c5": Exercise("C5: training on the GPU against the CPU"),
-    "c6": Exercise("C6: experimenting with optimizers"),
-    "c7": Exercise("C7: experimenting without BatchNorm"),
-    "q1": Exercise("Q1: convolutional layers", uses_data=False),
-    "q2": Exercise("Q2: input dimension of the last linear layer", uses_data=False),
-    "q3": Exercise("Q3: parameters and gradients with SGD", uses_data=False),
-    "q4": Exercise("Q4: parameters and gradients with Adam", uses_data=False),
+    "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep, render_c3,
+                   chart=c3_chart_png),
+    "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared, render_c4),
+    "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render_c5),
+    "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render_c6),
+    "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render_c7),
+    "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render_q1, uses_data=False),
+    "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input, render_q2,
+                   uses_data=False),
+    "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render_q3,
+                   uses_data=False),
+    "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters, render_q4,
+                   uses_data=False),
 }
 CHOICES = list(EXERCISES) + ["all"]
+QUICK = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
 
 
 class UsageError(Exception):
@@ -245,7 +609,7 @@ def build_parser():
         help="sgd (momentum 0.9), nesterov, adagrad, adadelta or adam; all with weight "
              "decay 5e-4 (default: sgd)")
     add("--lr", type=positive_float, default=0.1, help="learning rate (default: 0.1)")
-    add("--epochs", type=positive_int, default=5, metavar="N", help="epochs (default: 5)")
+    add("--epochs", type=positive_int, metavar="N", help="epochs (default: 5)")
     add("--eval", dest="evaluate", action=argparse.BooleanOptionalAction, default=None,
         help="measure test accuracy after each epoch, outside the timed windows "
              "(default: on for c1, off for the others)")
@@ -253,6 +617,21 @@ def build_parser():
         help="ResNet-18 without BatchNorm (C7 uses it on its own)")
     add("--out", default="results", metavar="DIR",
         help="folder for the results files and REPORT.md (default: results)")
+    add("--quick", action="store_true",
+        help=f"small slices for a quick run on a CPU: --train-size {QUICK['train_size']} "
+             f"--test-size {QUICK['test_size']} --epochs {QUICK['epochs']} --repeats "
+             f"{QUICK['repeats']}, unless given")
+    add("--force", action="store_true",
+        help="all: rerun every exercise, even those whose results are complete")
+    workers = parser.add_argument_group("worker experiments (C3, C4, C5)")
+    workers.add_argument("--max-workers", type=non_negative_int, metavar="N",
+                         help="C3: time 0, 4, 8, ... up to N workers (default: stop at the "
+                              "first count that is not faster)")
+    workers.add_argument("--repeats", type=positive_int, metavar="N",
+                         help="C3: timings per worker count; the median is used (default: 3)")
+    workers.add_argument("--best-workers", type=non_negative_int, metavar="N",
+                         help="C4, C5: use N as the best worker count (default: C3's result, "
+                              "else a sweep)")
     speed = parser.add_argument_group("speed options (off by default: the lab's plain path)")
     speed.add_argument("--channels-last", action="store_true",
                        help="NHWC memory format for the model and the images")
@@ -302,11 +681,16 @@ def parse_args(argv):
         device=resolve_device(args.device), dataset=args.dataset, data_path=args.data_path,
         train_size=args.train_size, test_size=args.test_size, seed=args.seed,
         num_workers=args.num_workers, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, epochs=args.epochs, batch_norm=args.batch_norm, out=args.out,
+        lr=args.lr, epochs=args.epochs or 5, batch_norm=args.batch_norm, out=args.out,
         channels_last=args.channels_last, amp=args.amp, compile=args.compile is not None,
         compile_mode=None if args.compile in (None, "default") else args.compile,
-        loader=args.loader, profile=args.profile)
-    return args.exercise, cfg, args.evaluate
+        loader=args.loader, profile=args.profile, max_workers=args.max_workers,
+        repeats=args.repeats or 3, best_workers=args.best_workers, quick=args.quick)
+    if args.quick:  # each slice --quick chooses, unless the command line gave it
+        given = {"train_size": args.train_size, "test_size": args.test_size,
+                 "epochs": args.epochs, "repeats": args.repeats}
+        cfg = replace(cfg, **{k: QUICK[k] for k, v in given.items() if v is None})
+    return args.exercise, cfg, args.evaluate, args.force
 
 
 def device_name(device):
@@ -352,12 +736,19 @@ def run_exercise(name, cfg, stream=sys.stdout):
     def checkpoint(partial):
         report.write_json(path, {**header, **partial})
 
-    result = {**header, **exercise.run(cfg, checkpoint)}
+    # The questions read only the model and take a second: nothing to checkpoint.
+    answer = exercise.run(cfg, checkpoint) if exercise.uses_data else exercise.run(cfg)
+    result = {**header, **answer}
     result["complete"] = True
     result["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     report.write_json(path, result)
     print(exercise.render(result), file=stream)
-    print(f"\n(saved to {path})", file=stream, flush=True)
+    saved = [path]
+    if exercise.chart is not None:
+        chart_path = os.path.join(cfg.out, f"{name}.png")
+        if exercise.chart(result, chart_path):
+            saved.append(chart_path)
+    print(f"\n(saved to {', '.join(saved)})", file=stream, flush=True)
     return result
 
 
@@ -376,13 +767,114 @@ def describe_run(header):
     return " · ".join(parts)
 
 
-def main(argv=None):
+# ----------------------------------------------------------------------------------------
+# `all` and the lab report
+
+LAB_ORDER = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "q1", "q2", "q3", "q4"]
+
+
+def exercise_config(name, cfg, evaluate=None, best_workers=None):
+    """The configuration one exercise runs with inside `all`."""
+    cfg = replace(cfg, evaluate=EXERCISES[name].evaluate if evaluate is None else evaluate)
+    if best_workers is not None and name in ("c4", "c5", "c6", "c7"):
+        cfg = replace(cfg, best_workers=best_workers, num_workers=best_workers)
+    return cfg
+
+
+def finished_result(name, cfg):
+    """The saved result of `name` if it is complete and was run with this very configuration."""
+    saved = report.read_json(os.path.join(cfg.out, f"{name}.json"))
+    if saved and saved.get("complete") and saved.get("config") == asdict(cfg):
+        return saved
+    return None
+
+
+def run_all(cfg, evaluate=None, force=False, stream=sys.stdout):
+    """Every exercise in the assignment's order, C3's best worker count fed into C4-C7.
+
+    Exercises already complete for the same configuration are skipped (unless `force`), so
+    a run stopped with Ctrl-C continues where it stopped. REPORT.md is written at the end,
+    and also when interrupted, covering what finished.
+    """
+    best = None
     try:
-        name, cfg, evaluate = parse_args(sys.argv[1:] if argv is None else argv)
-        names = list(EXERCISES) if name == "all" else [name]
-        for each in names:
-            each_evaluate = EXERCISES[each].evaluate if evaluate is None else evaluate
-            run_exercise(each, replace(cfg, evaluate=each_evaluate))
+        for name in LAB_ORDER:
+            each = exercise_config(name, cfg, evaluate, best)
+            result = None if force else finished_result(name, each)
+            if result is not None:
+                print(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
+                      "skipped (--force reruns it)", file=stream, flush=True)
+            else:
+                result = run_exercise(name, each, stream)
+            if name == "c3" and result is not None:
+                best = result["best_workers"]
+    finally:
+        path = write_report(cfg)
+        print(f"\nlab report: {path}", file=stream, flush=True)
+    return path
+
+
+def write_report(cfg):
+    """Write <out>/REPORT.md from the results files there; return its path."""
+    sections = []
+    first = None
+    for name in LAB_ORDER:
+        exercise = EXERCISES[name]
+        saved = report.read_json(os.path.join(cfg.out, f"{name}.json"))
+        sections.append(f"## {exercise.title}\n")
+        if saved is None:
+            sections.append("Not run.\n")
+            continue
+        first = first or saved
+        if not saved.get("complete"):
+            sections.append("*Interrupted: this section shows what finished before the stop.*\n")
+        sections.append(f"*{describe_run(saved)}*\n")
+        try:
+            sections.append(exercise.render(saved) + "\n")
+        except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
+            sections.append("The saved results are too incomplete to show.\n")
+        if name == "c3" and os.path.exists(os.path.join(cfg.out, "c3.png")):
+            sections.append("![C3 chart](c3.png)\n")
+    path = os.path.join(cfg.out, "REPORT.md")
+    report.write_text(path, report_header(cfg, first) + "\n".join(sections))
+    return path
+
+
+def report_header(cfg, sample):
+    """The report's title and set-up: data, slices, machine and versions."""
+    gpu, gpu_name = gpu_device()
+    info = (sample or {}).get("dataset") or {}
+    rows = [
+        ["date", datetime.date.today().isoformat()],
+        ["data set", f"{info.get('name', '-')}: {info.get('note', '-')}"],
+        ["training images", info.get("train_images", "-")],
+        ["test images", info.get("test_images", "-")],
+        ["slices", "--quick: " + ", ".join(f"{k} {v}" for k, v in QUICK.items())
+         if cfg.quick else "as given on the command line"],
+        ["epochs per run", cfg.epochs],
+        ["batch size", f"{cfg.batch_size} (test {cfg.test_batch_size})"],
+        ["optimizer", f"{cfg.optimizer}, lr {cfg.lr}, weight decay 5e-4"],
+        ["training device", f"{cfg.device}: {device_name(cfg.device)}"],
+        ["CPU", f"{cpu_model()}, {usable_cores()} cores usable"],
+        ["GPU", gpu_name if gpu else f"none ({gpu_name})"],
+        ["torch", torch.__version__],
+        ["seed", cfg.seed],
+    ]
+    return ("# HPML lab report: ResNet-18 on CIFAR-10\n\n"
+            "Every figure below was measured by `python lab.py all` in this run (or an "
+            "earlier run with the same configuration) and read from the results files "
+            "beside this report.\n\n"
+            + markdown_table(["", ""], rows, align="ll") + "\n\n")
+
+
+def main(argv=None):
+    cfg = Config()
+    try:
+        name, cfg, evaluate, force = parse_args(sys.argv[1:] if argv is None else argv)
+        if name == "all":
+            run_all(cfg, evaluate, force)
+        else:
+            run_exercise(name, exercise_config(name, cfg, evaluate))
     except (UsageError, DataError) as error:
         print(f"lab.py: error: {error}", file=sys.stderr)
         return 2
