@@ -271,12 +271,13 @@ def c3_chart_png(result, path):
 
 def best_worker_count(cfg):
     """(count, where it came from): --best-workers, else C3's results file, else a sweep."""
-    if cfg.best_workers is not None:
-        return cfg.best_workers, "--best-workers"
     path = os.path.join(cfg.out, "c3.json")
     sweep = report.read_json(path)
-    if sweep and sweep.get("complete") and sweep.get("best_workers") is not None:
-        return sweep["best_workers"], f"C3's results ({path})"
+    measured = sweep["best_workers"] if sweep and sweep.get("complete") else None
+    if cfg.best_workers is not None and cfg.best_workers != measured:
+        return cfg.best_workers, "--best-workers"
+    if measured is not None:
+        return measured, f"C3's results ({path})"
     print("c4/c5: no C3 results and no --best-workers: sweeping the worker counts first",
           file=sys.stderr)
     return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
@@ -344,27 +345,37 @@ def _mean_first(run):
 
 def explain_c4(one, best, best_workers):
     """C4's explanation, every figure in it read from the two runs."""
-    lines = []
-    for run, name in ((one, "1 worker"), (best, f"{best_workers} workers")):
-        s = run["summary"]
-        share = 100 * s["data_time"] / s["epoch_time"]
-        first = _mean_first(run)
-        hidden = ("loading is hidden behind compute: the workers prepare the next batches "
-                  "while the model trains, so the loop hardly waits"
-                  if share < 5 else
-                  "loading is not hidden: the workers cannot prepare batches as fast as the "
-                  "model consumes them, so the loop waits")
-        lines.append(
-            f"- With {name}, the loop waited {s['data_time']:.3f} s per epoch for data "
-            f"({share:.1f}% of the epoch): {hidden}. Of that wait, {first:.3f} s "
-            f"({100 * first / max(s['data_time'], 1e-12):.0f}%) is the first batch of each epoch, "
-            "which includes starting the worker processes afresh.")
+    lines = [explain_wait(one, 1)]
+    if best_workers != 1:
+        lines.append(explain_wait(best, best_workers))
     t_one, t_best = one["summary"]["epoch_time"], best["summary"]["epoch_time"]
     lines.append(f"- Per epoch, {best_workers} workers took {t_best:.3f} s against "
-                 f"{t_one:.3f} s with 1 worker ({t_one / t_best:.2f}x). Training time itself "
-                 f"({one['summary']['train_time']:.3f} s and {best['summary']['train_time']:.3f} "
-                 "s) does not depend on the workers; what changes is the wait for data.")
+                 f"{t_one:.3f} s with 1 worker ({t_one / t_best:.2f}x). The training time "
+                 f"({one['summary']['train_time']:.3f} s and {best['summary']['train_time']:.3f}"
+                 " s) is the same work either way; the workers change only the wait for data.")
     return "\n".join(lines)
+
+
+def explain_wait(run, num_workers):
+    """One line on how long a run waited for data, and why, from its figures."""
+    s = run["summary"]
+    share = 100 * s["data_time"] / s["epoch_time"]
+    first = _mean_first(run)
+    line = (f"- With {num_workers} worker{'s' if num_workers != 1 else ''}, the loop waited "
+            f"{s['data_time']:.3f} s per epoch for data ({share:.1f}% of the epoch). ")
+    if num_workers == 0:
+        return line + ("With no workers the main process loads every batch itself, between "
+                       "training steps: nothing is hidden, and the wait is the whole cost of "
+                       "reading, augmenting and collating the images.")
+    if share < 5:
+        line += ("Loading is hidden behind compute: the workers prepare the next batches while "
+                 "the model trains, so the loop hardly waits.")
+    else:
+        line += ("Loading is not hidden: the workers do not prepare batches as fast as the "
+                 "model consumes them, so the loop waits.")
+    startup = 100 * first / s["data_time"] if s["data_time"] > 0 else 0.0
+    return line + (f" Of that wait, {first:.3f} s ({startup:.0f}%) is the first batch of each "
+                   "epoch, which includes starting the worker processes afresh.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -713,8 +724,9 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def run_exercise(name, cfg, stream=sys.stdout):
+def run_exercise(name, cfg, stream=None):
     """Run one exercise, saving `<out>/<name>.json` after each step; print its tables."""
+    stream = stream or sys.stdout
     exercise = EXERCISES[name]
     if exercise.run is None:
         print(f"{name}: {exercise.title} is not built yet.", file=stream)
@@ -789,13 +801,14 @@ def finished_result(name, cfg):
     return None
 
 
-def run_all(cfg, evaluate=None, force=False, stream=sys.stdout):
+def run_all(cfg, evaluate=None, force=False, stream=None):
     """Every exercise in the assignment's order, C3's best worker count fed into C4-C7.
 
     Exercises already complete for the same configuration are skipped (unless `force`), so
     a run stopped with Ctrl-C continues where it stopped. REPORT.md is written at the end,
     and also when interrupted, covering what finished.
     """
+    stream = stream or sys.stdout
     best = None
     try:
         for name in LAB_ORDER:

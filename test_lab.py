@@ -1,0 +1,519 @@
+"""Tests for the lab's core and its experiments: `python -m unittest` (CPU only, offline).
+
+Each test checks something that could be wrong: a known figure, an invariant, or the same
+thing computed two ways. Training runs use tiny synthetic slices so the suite takes minutes.
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import data
+import lab
+import timing
+import train
+from resnet import ResNet18
+
+HERE = Path(__file__).resolve().parent
+TINY = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20",
+        "--batch-size", "16", "--epochs", "1", "--num-workers", "0"]
+
+
+def run_lab(*args):
+    """lab.main(args) in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = lab.main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
+class TempDirTest(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = Path(self._tmp.name)
+        self.out = str(self.tmp / "results")
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def load(self, name):
+        with open(os.path.join(self.out, f"{name}.json")) as file:
+            return json.load(file)
+
+
+# ------------------------------------------------------------------------------------------
+# The model
+
+
+class ResNetTest(unittest.TestCase):
+    def test_parameter_counts(self):
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        self.assertEqual(count(ResNet18()), 11_173_962)
+        self.assertEqual(count(ResNet18(batch_norm=False)), 11_164_362)
+
+    def test_without_batchnorm_has_no_batchnorm_state_or_placeholders(self):
+        model = ResNet18(batch_norm=False)
+        self.assertEqual(list(model.buffers()), [])
+        kinds = {type(m).__name__ for m in model.modules()}
+        self.assertFalse(kinds & {"BatchNorm2d", "Identity"}, kinds)
+        self.assertFalse(any("bn" in name for name, _ in model.named_parameters()))
+
+    def test_layer_names_follow_the_familiar_layout(self):
+        names = {name for name, _ in ResNet18().named_modules()}
+        for name in ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn2", "layer2.0.shortcut.0",
+                     "layer2.0.shortcut.1", "layer4.1.conv2", "linear"]:
+            self.assertIn(name, names)
+        self.assertNotIn("layer1.0.shortcut.0", names)  # identity shortcut: nothing in it
+
+    def test_no_convolution_has_a_bias_and_output_shape(self):
+        model = ResNet18()
+        self.assertTrue(all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d)))
+        self.assertEqual(model.linear.in_features, 512)
+        for batch_norm in (True, False):
+            out = ResNet18(batch_norm=batch_norm)(torch.randn(2, 3, 32, 32))
+            self.assertEqual(tuple(out.shape), (2, 10))
+
+
+# ------------------------------------------------------------------------------------------
+# The timers
+
+
+class FakeDevice:
+    """Stands in for a GPU: work 'queued' on it takes `pending` seconds to finish at a sync."""
+
+    def __init__(self):
+        self.pending = 0.0
+        self.syncs = 0
+
+    def synchronize(self, device=None):
+        self.syncs += 1
+        time.sleep(self.pending)
+        self.pending = 0.0
+
+
+class TimingTest(unittest.TestCase):
+    def test_windows_synchronise_a_cuda_device_at_both_ends(self):
+        fake = FakeDevice()
+        with mock.patch.object(torch.cuda, "synchronize", fake.synchronize):
+            timer = timing.EpochTimer("cuda")
+            with timer.epoch():
+                with timer.data():
+                    pass
+                with timer.train():
+                    pass
+        self.assertEqual(fake.syncs, 6)  # two per window, three windows
+
+    def test_queued_work_is_charged_to_the_window_that_queued_it(self):
+        # Without the closing sync, 0.2 s of "GPU work" would land in the next data window.
+        fake = FakeDevice()
+        with mock.patch.object(torch.cuda, "synchronize", fake.synchronize):
+            timer = timing.EpochTimer("cuda")
+            with timer.epoch():
+                with timer.train():
+                    fake.pending = 0.2          # queue work and return at once
+                with timer.data():
+                    pass
+        self.assertGreaterEqual(timer.train_time, 0.2)
+        self.assertLess(timer.data_time, 0.1)
+
+    def test_windows_add_up_to_the_epoch(self):
+        timer = timing.EpochTimer("cpu")
+        with timer.epoch():
+            for _ in range(3):
+                with timer.data():
+                    time.sleep(0.01)
+                with timer.train():
+                    time.sleep(0.02)
+        self.assertGreaterEqual(timer.data_time, 0.03)
+        self.assertGreaterEqual(timer.train_time, 0.06)
+        self.assertGreaterEqual(timer.other_time, 0.0)
+        self.assertAlmostEqual(timer.data_time + timer.train_time + timer.other_time,
+                               timer.epoch_time, places=12)
+        self.assertLess(timer.other_time, 0.01 * timer.epoch_time + 0.005)
+        self.assertGreaterEqual(timer.first_batch_time, 0.01)
+        self.assertLess(timer.first_batch_time, timer.data_time)
+
+    def test_timer_and_event_timer_measure_a_known_wait(self):
+        for timer_class in (timing.Timer, timing.CudaEventTimer):
+            with timer_class("cpu") as timer:
+                time.sleep(0.05)
+            self.assertGreaterEqual(timer.elapsed, 0.05)
+            self.assertLess(timer.elapsed, 1.0)
+
+    def test_timed_batches_charge_worker_start_to_the_first_data_window(self):
+        timer = timing.EpochTimer("cpu")
+
+        class SlowStart:
+            def __iter__(self):
+                time.sleep(0.05)  # like starting worker processes
+                return iter([1, 2, 3])
+
+        with timer.epoch():
+            self.assertEqual(list(train.timed_batches(SlowStart(), timer)), [1, 2, 3])
+        self.assertGreaterEqual(timer.first_batch_time, 0.05)
+
+
+# ------------------------------------------------------------------------------------------
+# The data
+
+
+class SyntheticDataTest(unittest.TestCase):
+    def test_same_seed_same_data_and_cifar_shaped(self):
+        a = data.SyntheticCIFAR(200, seed=3)
+        b = data.SyntheticCIFAR(200, seed=3)
+        c = data.SyntheticCIFAR(200, seed=4)
+        test = data.SyntheticCIFAR(200, seed=3, train=False)
+        self.assertTrue(np.array_equal(a.data, b.data))
+        self.assertEqual(a.targets, b.targets)
+        self.assertFalse(np.array_equal(a.data, c.data))
+        self.assertFalse(np.array_equal(a.data, test.data))
+        self.assertEqual(a.data.shape, (200, 32, 32, 3))
+        self.assertEqual(a.data.dtype, np.uint8)
+        self.assertEqual(sorted(set(a.targets)), list(range(10)))
+        self.assertEqual(np.bincount(a.targets).tolist(), [20] * 10)  # balanced
+
+    def test_learnable_through_the_labs_augmentation(self):
+        # A small CNN trained on augmented images must beat chance on held-out images.
+        torch.manual_seed(0)
+        train_set = data.SyntheticCIFAR(1000, seed=0, transform=data.train_transform())
+        test_set = data.SyntheticCIFAR(300, seed=0, train=False, transform=data.test_transform())
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
+                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        criterion = nn.CrossEntropyLoss()
+        images, labels = next(iter(data.make_loader(test_set, 300, False, 0)))
+        with torch.no_grad():
+            loss_before = criterion(model(images), labels).item()
+        for _ in range(3):
+            for x, y in data.make_loader(train_set, 50, True, 0):
+                optimizer.zero_grad()
+                loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            outputs = model(images)
+        self.assertLess(criterion(outputs, labels).item(), loss_before - 0.3)
+        self.assertGreater((outputs.argmax(1) == labels).float().mean().item(), 0.3)
+
+    def test_transforms_are_the_assignments(self):
+        names = [type(t).__name__ for t in data.train_transform().transforms]
+        self.assertEqual(names, ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"])
+        crop, flip, _, normalize = data.train_transform().transforms
+        self.assertEqual((crop.size, crop.padding, flip.p), ((32, 32), 4, 0.5))
+        self.assertEqual((normalize.mean, normalize.std), (data.MEAN, data.STD))
+        names = [type(t).__name__ for t in data.test_transform().transforms]
+        self.assertEqual(names, ["ToTensor", "Normalize"])
+
+    def test_seeded_subset_is_fixed(self):
+        full = list(range(100))
+        a = data.seeded_subset(full, 10, seed=1)
+        b = data.seeded_subset(full, 10, seed=1)
+        self.assertEqual(a.indices, b.indices)
+        self.assertEqual(len(set(a.indices)), 10)
+        self.assertNotEqual(a.indices, data.seeded_subset(full, 10, seed=2).indices)
+        with self.assertRaises(data.DataError):
+            data.seeded_subset(full, 101, seed=1)
+
+    def test_workers_work_under_spawn(self):
+        dataset = data.SyntheticCIFAR(8, seed=0, transform=data.train_transform())
+        loader = data.make_loader(dataset, 4, True, num_workers=1,
+                                  multiprocessing_context="spawn")
+        batches = list(loader)
+        self.assertEqual([tuple(x.shape) for x, _ in batches], [(4, 3, 32, 32)] * 2)
+
+
+class DataSourceTest(TempDirTest):
+    def test_auto_falls_back_to_synthetic_when_cifar_cannot_be_had(self):
+        with mock.patch.object(data, "_download_cifar10", return_value="network unreachable"):
+            train_set, test_set, info = data.load_datasets(
+                "auto", self.tmp / "data", train_size=20, test_size=10)
+        self.assertEqual(info["name"], "synthetic")
+        self.assertIn("could not be downloaded", info["note"])
+        self.assertEqual((len(train_set), len(test_set)), (20, 10))
+
+    def test_cifar10_missing_and_not_downloadable_says_where_to_put_it(self):
+        with mock.patch.object(data, "_download_cifar10", return_value="network unreachable"):
+            with self.assertRaisesRegex(data.DataError, "cifar-10-python.tar.gz.*--data-path"):
+                data.load_datasets("cifar10", self.tmp / "data")
+
+    def test_partial_cifar10_says_how_to_fix_it(self):
+        root = self.tmp / "data"
+        (root / "cifar-10-batches-py").mkdir(parents=True)
+        (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"truncated")
+        for dataset in ("cifar10", "auto"):
+            with mock.patch.object(data, "_download_cifar10", return_value="offline"):
+                with self.assertRaisesRegex(data.DataError, "incomplete or corrupted.*Delete"):
+                    data.load_datasets(dataset, root)
+
+    def test_data_path_that_is_a_file_or_unwritable(self):
+        afile = self.tmp / "afile"
+        afile.write_text("not a folder")
+        with self.assertRaisesRegex(data.DataError, "is a file"):
+            data.load_datasets("cifar10", afile)
+        with self.assertRaisesRegex(data.DataError, "cannot be created"):
+            data.load_datasets("cifar10", afile / "data")
+
+    def test_image_folder(self):
+        root = self.tmp / "folder"
+        rng = np.random.default_rng(0)
+        for split, count in (("train", 3), ("test", 2)):
+            for name in ("cat", "dog"):
+                (root / split / name).mkdir(parents=True)
+                for i in range(count):
+                    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+        train_set, test_set, info = data.load_datasets("folder", root)
+        self.assertEqual((info["name"], len(train_set), len(test_set)), ("folder", 6, 4))
+        image, label = train_set[5]
+        self.assertEqual((tuple(image.shape), label), ((3, 32, 32), 1))
+        with self.assertRaisesRegex(data.DataError, "train/<class>"):
+            data.load_datasets("folder", self.tmp)
+
+
+# ------------------------------------------------------------------------------------------
+# C1, C2 and the command line
+
+
+class TrainingTest(unittest.TestCase):
+    def test_a_few_sgd_steps_on_synthetic_data_lower_the_loss(self):
+        train_set = data.SyntheticCIFAR(64, seed=0, transform=data.test_transform())
+        cfg = lab.Config(epochs=4, batch_size=32, num_workers=0)
+        history = train.fit(replace(cfg, lr=0.02), train_set, train_set)
+        losses = [e["train_loss"] for e in history]
+        self.assertLess(losses[-1], losses[0], losses)
+
+    def test_same_seed_same_initial_weights_and_same_data_order(self):
+        cfg = lab.Config()
+        a = train.make_model(cfg, torch.device("cpu")).state_dict()
+        b = train.make_model(cfg, torch.device("cpu")).state_dict()
+        self.assertTrue(all(torch.equal(a[k], b[k]) for k in a))
+        dataset = list(range(50))
+        order = lambda: [x.tolist() for x in data.make_loader(dataset, 10, True, 0, seed=5)]
+        self.assertEqual(order(), order())
+
+    def test_a_nan_loss_is_reported_as_diverged(self):
+        train_set = data.SyntheticCIFAR(32, seed=0, transform=data.test_transform())
+        cfg = lab.Config(epochs=3, batch_size=16, num_workers=0, lr=1e30)
+        history = train.fit(cfg, train_set, train_set)
+        self.assertTrue(history[-1]["diverged"])
+        self.assertLess(len(history), 3)  # it stops at the diverged epoch
+
+
+class CommandLineTest(TempDirTest):
+    def test_c1_end_to_end(self):
+        status, out, err = run_lab("c1", *TINY, "--epochs", "2", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        result = self.load("c1")
+        self.assertTrue(result["complete"])
+        self.assertEqual(result["dataset"]["name"], "synthetic")
+        self.assertEqual(result["torch_version"], torch.__version__)
+        self.assertEqual(result["config"]["epochs"], 2)
+        self.assertEqual([e["epoch"] for e in result["epochs"]], [1, 2])
+        for epoch in result["epochs"]:
+            self.assertTrue(math.isfinite(epoch["train_loss"]))
+            self.assertTrue(0 <= epoch["train_accuracy"] <= 100)
+            self.assertTrue(0 <= epoch["test_accuracy"] <= 100)  # on by default for C1
+            self.assertEqual(epoch["images"], 32)
+        self.assertIn("synthetic", out)
+        self.assertIn("test top-1", out)
+
+    def test_c2_times_add_up(self):
+        status, out, err = run_lab("c2", *TINY, "--epochs", "2", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        result = self.load("c2")
+        for epoch in result["epochs"]:
+            self.assertGreater(epoch["data_time"], 0)
+            self.assertGreater(epoch["train_time"], 0)
+            self.assertIsNone(epoch["test_accuracy"])  # off by default outside C1
+            parts = epoch["data_time"] + epoch["train_time"]
+            self.assertAlmostEqual(parts + epoch["other_time"], epoch["epoch_time"], places=9)
+            self.assertGreaterEqual(parts, 0.99 * epoch["epoch_time"])
+        self.assertIn("data+train", out)
+        self.assertIn("mean", out)
+
+    def test_bad_input_gets_one_line_and_status_2(self):
+        afile = self.tmp / "afile"
+        afile.write_text("x")
+        cases = [
+            (["c9"], "choose one of: c1, c2"),
+            (["c1", "--optimizer", "rmsprop"], "choose from 'sgd', 'nesterov', 'adagrad'"),
+            (["c1", "--epochs", "0"], "--epochs: must be a positive"),
+            (["c1", "--train-size", "-5"], "--train-size: must be a positive"),
+            (["c1", "--batch-size", "0"], "--batch-size: must be a positive"),
+            (["c1", "--num-workers", "-1"], "--num-workers: must be 0 or more"),
+            (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
+            (["c1", "--dataset", "cifar10", "--data-path", str(afile / "sub")], "cannot be created"),
+            (["c1", "--out", str(afile)], "--out"),
+        ]
+        if not torch.cuda.is_available():
+            cases.append((["c1", "--device", "cuda"], "no CUDA GPU"))
+            cases.append((["c1", "--cuda"], "no CUDA GPU"))
+        for args, message in cases:
+            with self.subTest(args=args):
+                status, out, err = run_lab(*args)
+                self.assertEqual(status, 2)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_corrupted_cifar10_on_the_command_line(self):
+        root = self.tmp / "data"
+        root.mkdir()
+        (root / "cifar-10-python.tar.gz").write_bytes(b"half a download")
+        with mock.patch.object(data, "_download_cifar10", return_value="offline"):
+            status, _, err = run_lab("c1", "--dataset", "cifar10", "--data-path", str(root))
+        self.assertEqual(status, 2)
+        self.assertIn("incomplete or corrupted", err)
+
+    def test_quick_chooses_small_slices_unless_given(self):
+        _, cfg, _, _ = lab.parse_args(["all", "--quick", "--epochs", "3"])
+        self.assertEqual((cfg.train_size, cfg.test_size, cfg.epochs),
+                         (lab.QUICK["train_size"], lab.QUICK["test_size"], 3))
+
+    def test_every_option_has_help(self):
+        for action in lab.build_parser()._actions:
+            self.assertTrue(action.help, action.option_strings)
+
+    def test_ctrl_c_keeps_finished_epochs_and_exits_130(self):
+        args = [sys.executable, str(HERE / "lab.py"), "c1", *TINY, "--epochs", "50",
+                "--no-eval", "--out", self.out]
+        process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        path = Path(self.out) / "c1.json"
+        deadline = time.time() + 120
+        while time.time() < deadline and not path.exists():
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        self.assertEqual(process.returncode, 130, err)
+        self.assertIn("interrupted", err)
+        self.assertNotIn("Traceback", err)
+        result = self.load("c1")
+        self.assertFalse(result["complete"])
+        self.assertGreaterEqual(len(result["epochs"]), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# C3-C7 and `all`
+
+
+class ExperimentsTest(TempDirTest):
+    def cfg(self, **changes):
+        base = lab.Config(dataset="synthetic", train_size=32, test_size=20, batch_size=16,
+                          epochs=1, num_workers=0, out=self.out, repeats=2)
+        return replace(base, **changes)
+
+    def test_c3_best_count_is_measured_and_fastest(self):
+        result = lab.c3_worker_sweep(self.cfg(max_workers=4))
+        counts = [p["num_workers"] for p in result["points"]]
+        self.assertEqual(counts, [0, 4])
+        best = min(result["points"], key=lambda p: p["median"])
+        self.assertEqual(result["best_workers"], best["num_workers"])
+        for point in result["points"]:
+            self.assertEqual(len(point["times"]), 2)
+            self.assertLessEqual(point["min"], point["median"])
+            self.assertLessEqual(point["median"], point["max"])
+        self.assertIn("<- best", lab.render_c3(result))
+
+    def test_c3_without_max_stops_when_time_stops_decreasing(self):
+        times = iter([5.0, 5.0, 3.0, 3.0, 4.0, 4.0])  # 0 workers, 4 workers, 8 workers
+        with mock.patch.object(lab, "loader_epoch_time", lambda cfg, n: next(times)):
+            result = lab.c3_worker_sweep(self.cfg())
+        self.assertEqual([p["num_workers"] for p in result["points"]], [0, 4, 8])
+        self.assertEqual(result["best_workers"], 4)
+        self.assertIn("not faster", result["stopped_because"])
+
+    def test_c4_reads_c3s_result(self):
+        os.makedirs(self.out)
+        lab.report.write_json(os.path.join(self.out, "c3.json"),
+                              {"complete": True, "best_workers": 0})
+        result = lab.c4_workers_compared(self.cfg())
+        self.assertEqual(result["best_workers"], 0)
+        self.assertIn("c3.json", result["best_source"])
+        self.assertEqual(result["runs"]["one_worker"]["num_workers"], 1)
+        self.assertEqual(result["runs"]["best"]["num_workers"], 0)
+        self.assertIn("With 1 worker, the loop waited", lab.render_c4(result))
+
+    def test_c5_without_a_gpu_marks_the_gpu_side_skipped(self):
+        with mock.patch.object(lab, "gpu_device", return_value=(None, "no GPU here")):
+            result = lab.c5_cpu_vs_gpu(self.cfg(best_workers=0))
+        self.assertEqual(list(result["runs"]), ["cpu"])
+        self.assertEqual(result["gpu"]["skipped"], "no GPU here")
+        self.assertIsNone(result["speedup"])
+        self.assertIn("skipped", lab.render_c5(result))
+
+    def test_c6_five_optimizers_from_identical_weights(self):
+        result = lab.c6_optimizers(self.cfg())
+        self.assertEqual(list(result["runs"]), ["sgd", "nesterov", "adagrad", "adadelta", "adam"])
+        self.assertEqual(len({r["initial_weights_sha256"] for r in result["runs"].values()}), 1)
+        for run in result["runs"].values():
+            for epoch in run["epochs"]:
+                self.assertTrue(epoch["diverged"] or math.isfinite(epoch["train_loss"]))
+
+    def test_c6_a_diverging_optimizer_does_not_stop_the_others(self):
+        result = lab.c6_optimizers(self.cfg(lr=1e30, epochs=2))
+        self.assertEqual(len(result["runs"]), 5)
+        self.assertTrue(any(r["summary"]["diverged_at"] for r in result["runs"].values()))
+        self.assertIn("diverged", lab.render_c6(result))
+
+    def test_c7_model_has_no_batchnorm(self):
+        result = lab.c7_without_batchnorm(self.cfg())
+        self.assertEqual(result["runs"]["without_bn"]["batchnorm_layers"], 0)
+        self.assertEqual(result["runs"]["without_bn"]["parameters"], 11_164_362)
+        self.assertEqual(result["runs"]["with_bn"]["batchnorm_layers"], 20)
+        self.assertEqual(result["batch_norm_source"], "a fresh run")
+
+    def test_all_writes_every_section_and_continues_after_an_interrupt(self):
+        args = ["all", *TINY, "--max-workers", "0", "--repeats", "1", "--out", self.out]
+        real_run = lab.run_exercise
+        ran = []
+
+        def stop_at_c5(name, cfg, stream=None):
+            if name == "c5":
+                raise KeyboardInterrupt
+            ran.append(name)
+            return real_run(name, cfg, stream)
+
+        with mock.patch.object(lab, "run_exercise", stop_at_c5):
+            status, _, err = run_lab(*args)
+        self.assertEqual(status, 130, err)
+        self.assertEqual(ran, ["c1", "c2", "c3", "c4"])
+        partial = (Path(self.out) / "REPORT.md").read_text()
+        self.assertIn("| 0 workers", partial)           # C3's chart made it in
+        self.assertIn("## C5: training on the GPU against the CPU\n\nNot run.", partial)
+
+        ran.clear()
+        with mock.patch.object(lab, "run_exercise", lambda *a, **k: (ran.append(a[0]), real_run(*a, **k))[1]):
+            status, out, err = run_lab(*args)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(ran, ["c5", "c6", "c7", "q1", "q2", "q3", "q4"])
+        self.assertEqual(out.count("skipped (--force reruns it)"), 4)
+        report = (Path(self.out) / "REPORT.md").read_text()
+        for name in lab.LAB_ORDER:
+            self.assertIn(f"## {lab.EXERCISES[name].title}", report)
+        self.assertNotIn("Not run.", report)
+        self.assertIn("The BatchNorm run is C6's SGD run", report)
+        self.assertIn("**20 convolutional layers**", report)
+        c4 = self.load("c4")
+        self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
+
+
+if __name__ == "__main__":
+    unittest.main()
