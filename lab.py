@@ -27,9 +27,10 @@ import torch
 
 import report
 from data import DATASETS, DataError, load_datasets, make_loader
-from questions import (model_summary, q1_conv_layers, q2_linear_input, q3_sgd_parameters,
+from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_input, q3_sgd_parameters,
                        q4_adam_parameters, render_q1, render_q2, render_q3, render_q4)
 from report import bar_chart, markdown_table, mean, percent, seconds
+from resnet import ResNet18
 from train import OPTIMIZERS, fit, make_model
 
 
@@ -516,6 +517,16 @@ def render_c7(result):
     return text
 
 
+def resnet_summary(cfg):
+    """The lab's ResNet-18 (or, with --no-bn, the one without BatchNorm) as torchsummary shows it."""
+    model = ResNet18(batch_norm=cfg.batch_norm).to(cfg.device)
+    return model_summary(model, (3, 32, 32), batch_size=-1, print_table=False)
+
+
+def render_summary(result):
+    return "```\n" + format_summary(result) + "\n```"
+
+
 # ----------------------------------------------------------------------------------------
 # The command line
 
@@ -546,6 +557,8 @@ EXERCISES = {
                    uses_data=False),
     "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters, render_q4,
                    uses_data=False),
+    "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
+                        render_summary, uses_data=False),
 }
 CHOICES = list(EXERCISES) + ["all"]
 QUICK = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
@@ -782,7 +795,7 @@ def describe_run(header):
 # ----------------------------------------------------------------------------------------
 # `all` and the lab report
 
-LAB_ORDER = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "q1", "q2", "q3", "q4"]
+LAB_ORDER = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"]
 
 
 def exercise_config(name, cfg, evaluate=None, best_workers=None):

@@ -503,7 +503,7 @@ class ExperimentsTest(TempDirTest):
         with mock.patch.object(lab, "run_exercise", lambda *a, **k: (ran.append(a[0]), real_run(*a, **k))[1]):
             status, out, err = run_lab(*args)
         self.assertEqual(status, 0, err)
-        self.assertEqual(ran, ["c5", "c6", "c7", "q1", "q2", "q3", "q4"])
+        self.assertEqual(ran, ["c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"])
         self.assertEqual(out.count("skipped (--force reruns it)"), 4)
         report = (Path(self.out) / "REPORT.md").read_text()
         for name in lab.LAB_ORDER:
