@@ -2,6 +2,7 @@
 
     train_set, test_set, info = load_datasets(dataset="auto", data_path="./data", seed=0)
     train_loader = make_loader(train_set, batch_size=128, shuffle=True, num_workers=2, seed=0)
+    train_loader = DeviceLoader(train_set, batch_size=128, device="cuda", seed=0)  # --loader device
 
 Sources (`--dataset`):
 - `cifar10`: torchvision's CIFAR-10 under `data_path`, downloaded when missing.
@@ -10,11 +11,14 @@ Sources (`--dataset`):
 - `auto`: CIFAR-10 when it is on disk or can be downloaded, otherwise synthetic.
 
 Every source goes through the same transforms, so the DataLoader does the same work per image.
+`DeviceLoader` is the same pipeline with the data set held on the device and whole batches
+augmented there (`--loader device`).
 Anything wrong with the data raises `DataError`, whose message says how to fix it.
 """
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +264,120 @@ def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=Fa
         generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
     )
+
+
+# ----------------------------------------------------------------------------------------
+# The device loader (--loader device): the whole training set on the device, augmented there
+
+CROP, PADDING = 32, 4  # RandomCrop(32, padding=4): 9 x 9 = 81 crop positions
+
+
+class DeviceLoader:
+    """The lab's data pipeline with the data set held on the device, one batch at a time.
+
+        loader = DeviceLoader(train_set, batch_size=128, device="cuda", seed=0)
+        for images, labels in loader:   # (128, 3, 32, 32) float32 and (128,) int64, on the device
+
+    The images are uploaded once, as uint8, zero-padded by 4 px. Each epoch then draws from
+    a seeded generator on the device: an order (a fresh permutation), and per image a crop
+    offset (dy, dx), each uniform over 0..8, and a flip with probability 0.5, the same
+    distribution as the lab's RandomCrop(32, padding=4) + RandomHorizontalFlip(0.5). The crop
+    is an index into a view of every 32x32 window of the padded images; the flip a
+    `torch.where`. Then ToTensor's /255 and Normalize's (x - mean) / std, in their order, so
+    an un-augmented batch equals `test_transform()` exactly.
+
+    The data set's own transforms are not used: `augment=True` is the training transform,
+    `augment=False` (no padding, no flip) the test transform. Nothing here waits for the
+    device (no `.item()`, no boolean masks), so on a GPU the training loop never stalls on
+    the loader. `len()` is the number of batches and `.dataset` the data set, as for a
+    DataLoader.
+    """
+
+    def __init__(self, dataset, batch_size, device, shuffle=True, augment=True, seed=0,
+                 channels_last=False):
+        images, labels = image_tensors(dataset)                     # (N, 32, 32, 3) uint8
+        if tuple(images.shape[1:3]) != (CROP, CROP):
+            raise DataError(f"--loader device reproduces the lab's {CROP}x{CROP} crop: the images "
+                            f"must be {CROP}x{CROP}, not {images.shape[1]}x{images.shape[2]}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        self.padding = PADDING if augment else 0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        pad = self.padding
+        padded = F.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))  # (N, 3, 40, 40)
+        self.padded = padded.contiguous().to(self.device)
+        # Every 32x32 window of every padded image, as a view (no copy): a crop is an index.
+        self.windows = self.padded.unfold(2, CROP, 1).unfold(3, CROP, 1)  # (N, 3, 9, 9, 32, 32)
+        self.labels = labels.to(self.device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)  # the last batch may be smaller
+
+    def __iter__(self):
+        size = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(size, device=self.device, generator=self.generator)
+        else:
+            order = torch.arange(size, device=self.device)
+        for start in range(0, size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.batch(index), self.labels[index]
+
+    def batch(self, index):
+        """The images at `index` (a 1-D tensor on the device), cropped, flipped, normalised."""
+        n = len(index)
+        positions = 2 * self.padding + 1                            # 9, or 1 without padding
+        dy = torch.randint(positions, (n,), device=self.device, generator=self.generator)
+        dx = torch.randint(positions, (n,), device=self.device, generator=self.generator)
+        crops = self.windows[index, :, dy, dx]                      # (n, 3, 32, 32) uint8
+        if self.padding:
+            flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
+            crops = torch.where(flip[:, None, None, None], crops.flip(3), crops)
+        images = crops.to(torch.float32, memory_format=self.memory_format)
+        return images.div_(255).sub_(self.mean).div_(self.std)     # (n, 3, 32, 32) float32
+
+
+def image_tensors(dataset):
+    """A whole data set as tensors: (N, H, W, 3) uint8 images and (N,) int64 labels, on the CPU.
+
+    Reads `.data` and `.targets` (torchvision's CIFAR10, SyntheticCIFAR), follows a Subset's
+    indices, and decodes an ImageFolder's files once. No transform is applied.
+    """
+    if isinstance(dataset, Subset):
+        images, labels = image_tensors(dataset.dataset)
+        index = torch.as_tensor(dataset.indices, dtype=torch.long)
+        return images[index], labels[index]
+    if hasattr(dataset, "data") and hasattr(dataset, "targets"):
+        images = torch.as_tensor(np.asarray(dataset.data))
+        labels = torch.as_tensor(dataset.targets, dtype=torch.long)
+    elif isinstance(dataset, datasets.ImageFolder):
+        images, labels = _decode_image_folder(dataset)
+    else:
+        raise DataError(f"--loader device cannot read a {type(dataset).__name__}: it needs "
+                        "`.data` (uint8, N x H x W x 3) and `.targets`, like CIFAR10, a Subset "
+                        "of one, or an ImageFolder; use --loader torch")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"--loader device needs uint8 images of shape (N, H, W, 3), not "
+                        f"{images.dtype} {tuple(images.shape)}")
+    return images, labels
+
+
+def _decode_image_folder(dataset):
+    """Decode every file of an ImageFolder once (it keeps only paths): (N, H, W, 3) uint8."""
+    print(f"--loader device: decoding the {len(dataset.samples)} images of {dataset.root} "
+          "into memory, once", file=sys.stderr, flush=True)
+    images, sizes = [], set()
+    for path, _ in dataset.samples:
+        image = np.asarray(dataset.loader(path).convert("RGB"))    # (H, W, 3) uint8
+        sizes.add(image.shape)
+        if len(sizes) > 1:
+            raise DataError(f"--loader device needs images of one size; {dataset.root} has "
+                            f"{' and '.join(str(s[:2]) for s in sorted(sizes))}")
+        images.append(image)
+    labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    return torch.from_numpy(np.stack(images)), labels

@@ -178,10 +178,10 @@ def loader_epoch_time(cfg, num_workers):
     and stops after the last batch, when they have been shut down.
     """
     train_set = datasets_for(cfg)[0]
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
-                         seed=cfg.seed)
     with warnings.catch_warnings():  # torch warns past the core count; C3 explains it instead
         warnings.filterwarnings("ignore", message="This DataLoader will create")
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
+                             seed=cfg.seed)
         start = time.perf_counter()
         for _ in loader:
             pass

@@ -7,6 +7,11 @@ backward, step) inside C2's timers. `fit` builds the model and optimizer from `c
 so every run with the same seed starts from the same weights and sees the same data order),
 trains for `cfg.epochs` and calls `on_epoch(history)` after each epoch, so a caller can save
 finished work before the next epoch starts.
+
+The speed options in `cfg` (channels-last, autocast, torch.compile, the device loader) are
+applied here and nowhere else. The waits for data and the training steps are marked as
+`data_loading` and `training_step` ranges for torch.profiler (speed.py's `Profile`); with no
+profiler running a range costs a microsecond or two.
 """
 
 import math
@@ -16,12 +21,14 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
+from torch.profiler import record_function
 
-from data import make_loader
+from data import DeviceLoader, make_loader
 from resnet import ResNet18
 from timing import EpochTimer
 
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "adadelta", "adam")
+LOADERS = ("torch", "device")
 
 
 def make_optimizer(name, parameters, lr, weight_decay=5e-4, momentum=0.9):
@@ -49,6 +56,39 @@ def make_model(cfg, device):
     return model
 
 
+def make_training(cfg, device):
+    """(model, optimizer, scaler) as cfg says: the model compiled if asked, and the gradient
+    scaler that float16 autocast needs (None otherwise)."""
+    model = make_model(cfg, device)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    if cfg.compile:
+        model = torch.compile(model, mode=cfg.compile_mode)
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    return model, optimizer, scaler
+
+
+def make_loaders(cfg, train_set, test_set, device):
+    """(train_loader, test_loader) as cfg.loader says; the test loader is None unless cfg.evaluate.
+
+    "torch" is the lab's DataLoader with cfg.num_workers workers (pinned memory on CUDA);
+    "device" is a DeviceLoader: the training set augmented on the device, and the test set
+    un-augmented and in order, so its images equal the test transform's.
+    """
+    if cfg.loader not in LOADERS:
+        raise ValueError(f"unknown loader {cfg.loader!r}; choose one of: {', '.join(LOADERS)}")
+    if cfg.loader == "device":
+        def loader(dataset, batch_size, train):
+            return DeviceLoader(dataset, batch_size, device, shuffle=train, augment=train,
+                                seed=cfg.seed, channels_last=cfg.channels_last)
+    else:
+        def loader(dataset, batch_size, train):
+            return make_loader(dataset, batch_size, shuffle=train, num_workers=cfg.num_workers,
+                               seed=cfg.seed, pin_memory=device.type == "cuda")
+    train_loader = loader(train_set, cfg.batch_size, train=True)
+    test_loader = loader(test_set, cfg.test_batch_size, train=False) if cfg.evaluate else None
+    return train_loader, test_loader
+
+
 def autocast(device, amp):
     """bfloat16 or float16 autocast when asked (`amp`), otherwise a context that does nothing."""
     if amp is None:
@@ -61,23 +101,25 @@ def timed_batches(loader, timer):
     """Yield the loader's batches, timing each wait for one in `timer.data()`.
 
     The first window includes `iter(loader)`, which starts the worker processes; the last
-    one is the `next()` that finds the epoch over and shuts them down.
+    one is the `next()` that finds the epoch over and shuts them down. Each window is also a
+    `data_loading` range for the profiler.
     """
-    with timer.data():
+    with record_function("data_loading"), timer.data():
         batches = iter(loader)
         batch = next(batches, None)
     while batch is not None:
         yield batch
-        with timer.data():
+        with record_function("data_loading"), timer.data():
             batch = next(batches, None)
 
 
 def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=False,
-                    scaler=None, progress=None):
+                    scaler=None, progress=None, profiler=None):
     """Train one epoch; return the average loss, top-1 accuracy and C2's three times.
 
     The loss and the number of correct predictions are summed on the device, inside the
-    training window, so per-batch figures cost no extra synchronisation.
+    training window, so per-batch figures cost no extra synchronisation. Each training window
+    is a `training_step` range for the profiler; `profiler.step()` is called after each step.
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -88,7 +130,7 @@ def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=Fa
     seen = 0
     with timer.epoch():
         for images, labels in timed_batches(loader, timer):
-            with timer.train():
+            with record_function("training_step"), timer.train():
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
@@ -107,6 +149,8 @@ def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=Fa
             seen += len(labels)
             if progress is not None:
                 progress.batch(seen, loss_sum, correct, timer)
+            if profiler is not None:
+                profiler.step()
     train_loss = loss_sum.item() / max(seen, 1)
     return {
         "train_loss": train_loss,
@@ -133,27 +177,21 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
     return 100.0 * correct.item() / max(seen, 1)
 
 
-def fit(cfg, train_set, test_set, on_epoch=None, label=""):
+def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     """Train a fresh ResNet-18 as `cfg` says; return the per-epoch history.
 
     Stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
+    `profiler` (speed.py's `Profile`) is stepped after every training step.
     """
     device = torch.device(cfg.device)
-    model = make_model(cfg, device)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    step_model = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    pin_memory = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.batch_size, shuffle=True,
-                               num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin_memory)
-    test_loader = make_loader(test_set, cfg.test_batch_size, shuffle=False,
-                              num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin_memory)
+    step_model, optimizer, scaler = make_training(cfg, device)
+    train_loader, test_loader = make_loaders(cfg, train_set, test_set, device)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         progress = Progress(f"{label}epoch {epoch}/{cfg.epochs}", len(train_loader.dataset))
         result = {"epoch": epoch}
         result.update(train_one_epoch(step_model, train_loader, optimizer, device, cfg.amp,
-                                      cfg.channels_last, scaler, progress))
+                                      cfg.channels_last, scaler, progress, profiler))
         result["diverged"] = not math.isfinite(result["train_loss"])
         result["test_accuracy"] = None
         if cfg.evaluate and not result["diverged"]:
