@@ -349,6 +349,8 @@ def image_tensors(dataset):
     indices, and decodes an ImageFolder's files once. No transform is applied.
     """
     if isinstance(dataset, Subset):
+        if isinstance(dataset.dataset, datasets.ImageFolder):  # decode only the subset's files
+            return _decode_image_folder(dataset.dataset, dataset.indices)
         images, labels = image_tensors(dataset.dataset)
         index = torch.as_tensor(dataset.indices, dtype=torch.long)
         return images[index], labels[index]
@@ -367,17 +369,18 @@ def image_tensors(dataset):
     return images, labels
 
 
-def _decode_image_folder(dataset):
-    """Decode every file of an ImageFolder once (it keeps only paths): (N, H, W, 3) uint8."""
-    print(f"--loader device: decoding the {len(dataset.samples)} images of {dataset.root} "
-          "into memory, once", file=sys.stderr, flush=True)
+def _decode_image_folder(dataset, indices=None):
+    """Decode an ImageFolder's files (all, or those at `indices`) once: (N, H, W, 3) uint8."""
+    samples = dataset.samples if indices is None else [dataset.samples[i] for i in indices]
+    print(f"--loader device: decoding {len(samples)} images of {dataset.root} into memory, once",
+          file=sys.stderr, flush=True)
     images, sizes = [], set()
-    for path, _ in dataset.samples:
+    for path, _ in samples:
         image = np.asarray(dataset.loader(path).convert("RGB"))    # (H, W, 3) uint8
         sizes.add(image.shape)
         if len(sizes) > 1:
             raise DataError(f"--loader device needs images of one size; {dataset.root} has "
                             f"{' and '.join(str(s[:2]) for s in sorted(sizes))}")
         images.append(image)
-    labels = torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     return torch.from_numpy(np.stack(images)), labels

@@ -31,6 +31,7 @@ from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_
                        q4_adam_parameters, render_q1, render_q2, render_q3, render_q4)
 from report import bar_chart, markdown_table, mean, percent, seconds
 from resnet import ResNet18
+from speed import bench, c8_compile, profiling, render_bench, render_c8, render_profile
 from train import OPTIMIZERS, fit, make_model
 
 
@@ -98,8 +99,12 @@ def summarize(history):
     }
 
 
-def training_run(cfg, checkpoint=None, label=""):
-    """Train as cfg says; return {"epochs": [...], "summary": {...}}, checkpointing each epoch."""
+def training_run(cfg, checkpoint=None, label="", trace_name=None):
+    """Train as cfg says; return {"epochs": [...], "summary": {...}}, checkpointing each epoch.
+
+    With cfg.profile and a trace_name, the first steps are recorded into
+    <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
+    """
     train_set, test_set, info = datasets_for(cfg)
     run = {"epochs": [], "summary": summarize([])}
 
@@ -109,7 +114,12 @@ def training_run(cfg, checkpoint=None, label=""):
         if checkpoint is not None:
             checkpoint(run)
 
-    fit(cfg, train_set, test_set, on_epoch=on_epoch, label=label)
+    profiled = cfg.profile and trace_name is not None
+    trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if profiled else None
+    with profiling(trace, cfg.device) as profiler:
+        fit(cfg, train_set, test_set, on_epoch=on_epoch, label=label, profiler=profiler)
+    if profiler is not None:
+        run["profile"] = profiler.summary()
     return run
 
 
@@ -134,7 +144,7 @@ def render_c1(result):
 
 def c2_timing(cfg, checkpoint=None):
     """C2: C1 with, per epoch, the data-loading, training and total time."""
-    return training_run(cfg, checkpoint)
+    return training_run(cfg, checkpoint, trace_name="c2")
 
 
 def render_c2(result):
@@ -147,11 +157,14 @@ def render_c2(result):
                      seconds(s["other_time"]), seconds(s["epoch_time"]), _share(s)])
     text = markdown_table(["epoch", "data (s)", "train (s)", "other (s)", "total (s)",
                            "data+train"], rows)
-    return text + (
+    text += (
         "\n\ndata: time blocked waiting for the next batch (worker start-up included); "
         "train: copy to the device, forward, loss, backward and optimizer step, device "
         "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
         "(the Python loop and the progress line). data+train is their share of the total.")
+    if "profile" in result:  # --profile
+        text += "\n\n" + render_profile(result["profile"])
+    return text
 
 
 def _share(figures):
@@ -193,11 +206,13 @@ def c3_worker_sweep(cfg, checkpoint=None):
 
     Without cfg.max_workers the sweep stops at the first count that is not faster than the
     one before (the assignment's rule); with it, every count up to cfg.max_workers is timed.
-    Each count is timed cfg.repeats times and ranked by the median.
+    The machine's core count joins the sweep when it is not a multiple of 4 (2 on a 2-core
+    machine), since that is where adding workers should stop paying. Each count is timed
+    cfg.repeats times and ranked by the median.
     """
     cores = usable_cores()
-    counts = (range(0, cfg.max_workers + 1, 4) if cfg.max_workers is not None
-              else range(0, 4 * max(cores, 16) + 1, 4))  # the stop rule ends it long before
+    top = cfg.max_workers if cfg.max_workers is not None else 4 * max(cores, 16)
+    counts = sorted(set(range(0, top + 1, 4)) | ({cores} if cores <= top else set()))
     result = {"cores": cores, "max_workers": cfg.max_workers, "repeats": cfg.repeats,
               "points": [], "best_workers": None, "stopped_because": None}
     for num_workers in counts:
@@ -240,12 +255,26 @@ def render_c3(result):
     if close:
         text += (" Within the noise of the best (their spreads overlap): "
                  + ", ".join(str(p["num_workers"]) for p in close) + " workers.")
-    if max(p["num_workers"] for p in points) > result["cores"]:
-        text += (f"\n\nThis machine gives the program {result['cores']} CPU cores. Each worker "
-                 "is a process that needs a core to decode and augment images, and the main "
-                 f"process needs one too, so more than {result['cores']} workers cannot load "
-                 "faster here: they only share the same cores and add start-up time.")
+    text += "\n\n" + explain_cores(points, winner, result["cores"])
     return text
+
+
+def explain_cores(points, winner, cores):
+    """What the core count means for the sweep, checked against the measured times."""
+    text = (f"This machine gives the program {cores} CPU cores. Each worker is a process that "
+            "needs a core to decode and augment images, and the main process needs one too, "
+            f"so beyond {cores} workers the processes only share the same cores.")
+    at_cores = next((p for p in points if p["num_workers"] >= cores), None)
+    if at_cores is None or winner["num_workers"] <= at_cores["num_workers"]:
+        return text + " The sweep agrees: no count above that was faster."
+    gain = 100 * (1 - winner["median"] / at_cores["median"])
+    if winner["max"] >= at_cores["min"]:
+        return text + (f" The {winner['num_workers']}-worker median is {gain:.0f}% below the "
+                       f"{at_cores['num_workers']}-worker one, but their spreads overlap: noise.")
+    return text + (f" Here {winner['num_workers']} workers were still {gain:.0f}% faster than "
+                   f"{at_cores['num_workers']}: with other programs busy on the same cores, more "
+                   "processes win a larger share of them. That is a busy machine, not more "
+                   "computing power; on a quiet machine expect the curve to flatten at the core count.")
 
 
 def c3_chart_png(result, path):
@@ -559,6 +588,9 @@ EXERCISES = {
                    uses_data=False),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
                         render_summary, uses_data=False),
+    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render_c8),
+    "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
+                      render_bench),
 }
 CHOICES = list(EXERCISES) + ["all"]
 QUICK = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}

@@ -421,9 +421,10 @@ class ExperimentsTest(TempDirTest):
         return replace(base, **changes)
 
     def test_c3_best_count_is_measured_and_fastest(self):
-        result = lab.c3_worker_sweep(self.cfg(max_workers=4))
+        with mock.patch.object(lab, "usable_cores", return_value=2):
+            result = lab.c3_worker_sweep(self.cfg(max_workers=4))
         counts = [p["num_workers"] for p in result["points"]]
-        self.assertEqual(counts, [0, 4])
+        self.assertEqual(counts, [0, 2, 4])  # the core count joins 0, 4, 8, ...
         best = min(result["points"], key=lambda p: p["median"])
         self.assertEqual(result["best_workers"], best["num_workers"])
         for point in result["points"]:
@@ -434,7 +435,8 @@ class ExperimentsTest(TempDirTest):
 
     def test_c3_without_max_stops_when_time_stops_decreasing(self):
         times = iter([5.0, 5.0, 3.0, 3.0, 4.0, 4.0])  # 0 workers, 4 workers, 8 workers
-        with mock.patch.object(lab, "loader_epoch_time", lambda cfg, n: next(times)):
+        with mock.patch.object(lab, "loader_epoch_time", lambda cfg, n: next(times)), \
+                mock.patch.object(lab, "usable_cores", return_value=8):
             result = lab.c3_worker_sweep(self.cfg())
         self.assertEqual([p["num_workers"] for p in result["points"]], [0, 4, 8])
         self.assertEqual(result["best_workers"], 4)
