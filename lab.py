@@ -274,7 +274,8 @@ def explain_cores(points, winner, cores):
     return text + (f" Here {winner['num_workers']} workers were still {gain:.0f}% faster than "
                    f"{at_cores['num_workers']}: with other programs busy on the same cores, more "
                    "processes win a larger share of them. That is a busy machine, not more "
-                   "computing power; on a quiet machine expect the curve to flatten at the core count.")
+                   "computing power; on a quiet machine expect the curve to flatten at the "
+                   "core count.")
 
 
 def c3_chart_png(result, path):
