@@ -851,8 +851,8 @@ def run_all(cfg, evaluate=None, force=False, stream=None):
     """Every exercise in the assignment's order, C3's best worker count fed into C4-C7.
 
     Exercises already complete for the same configuration are skipped (unless `force`), so
-    a run stopped with Ctrl-C continues where it stopped. REPORT.md is written at the end,
-    and also when interrupted, covering what finished.
+    a run stopped with Ctrl-C continues where it stopped. REPORT.md is rewritten after each
+    exercise and when interrupted, so it always covers what finished.
     """
     stream = stream or sys.stdout
     best = None
@@ -865,6 +865,7 @@ def run_all(cfg, evaluate=None, force=False, stream=None):
                       "skipped (--force reruns it)", file=stream, flush=True)
             else:
                 result = run_exercise(name, each, stream)
+                write_report(cfg)
             if name == "c3" and result is not None:
                 best = result["best_workers"]
     finally:
