@@ -278,13 +278,14 @@ class DeviceLoader:
         loader = DeviceLoader(train_set, batch_size=128, device="cuda", seed=0)
         for images, labels in loader:   # (128, 3, 32, 32) float32 and (128,) int64, on the device
 
-    The images are uploaded once, as uint8, zero-padded by 4 px. Each epoch then draws from
-    a seeded generator on the device: an order (a fresh permutation), and per image a crop
-    offset (dy, dx), each uniform over 0..8, and a flip with probability 0.5, the same
-    distribution as the lab's RandomCrop(32, padding=4) + RandomHorizontalFlip(0.5). The crop
-    is an index into a view of every 32x32 window of the padded images; the flip a
-    `torch.where`. Then ToTensor's /255 and Normalize's (x - mean) / std, in their order, so
-    an un-augmented batch equals `test_transform()` exactly.
+    The images are uploaded once, as uint8, zero-padded by 4 px, each beside its mirror image.
+    Each epoch then draws from a seeded generator on the device: an order (a fresh
+    permutation), and per image a crop offset (dy, dx), each uniform over 0..8, and a flip
+    with probability 0.5, the same distribution as the lab's RandomCrop(32, padding=4) +
+    RandomHorizontalFlip(0.5). Crop and flip are a single index into a view of every 32x32
+    window of the padded images and their mirrors (the crop of the mirror at dx is the mirror
+    of the crop at 8 - dx). Then ToTensor's /255 and Normalize's (x - mean) / std, in their
+    order, so an un-augmented batch equals `test_transform()` exactly.
 
     The data set's own transforms are not used: `augment=True` is the training transform,
     `augment=False` (no padding, no flip) the test transform. Nothing here waits for the
@@ -303,13 +304,14 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle = shuffle
-        self.padding = PADDING if augment else 0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        pad = self.padding
-        padded = F.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))  # (N, 3, 40, 40)
-        self.padded = padded.contiguous().to(self.device)
+        pad = PADDING if augment else 0
+        images = images.to(self.device).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        padded = F.pad(images, (pad, pad, pad, pad))                # (N, 3, 40, 40)
+        mirrors = [padded, padded.flip(3)] if augment else [padded]
+        self.padded = torch.stack(mirrors, dim=1)                   # (N, 2, 3, 40, 40)
         # Every 32x32 window of every padded image, as a view (no copy): a crop is an index.
-        self.windows = self.padded.unfold(2, CROP, 1).unfold(3, CROP, 1)  # (N, 3, 9, 9, 32, 32)
+        self.windows = self.padded.unfold(3, CROP, 1).unfold(4, CROP, 1)  # (N, 2, 3, 9, 9, 32, 32)
         self.labels = labels.to(self.device)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
@@ -331,13 +333,12 @@ class DeviceLoader:
     def batch(self, index):
         """The images at `index` (a 1-D tensor on the device), cropped, flipped, normalised."""
         n = len(index)
-        positions = 2 * self.padding + 1                            # 9, or 1 without padding
-        dy = torch.randint(positions, (n,), device=self.device, generator=self.generator)
-        dx = torch.randint(positions, (n,), device=self.device, generator=self.generator)
-        crops = self.windows[index, :, dy, dx]                      # (n, 3, 32, 32) uint8
-        if self.padding:
-            flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
-            crops = torch.where(flip[:, None, None, None], crops.flip(3), crops)
+        _, mirrors, _, positions, _, _, _ = self.windows.shape      # 2 and 9; 1 and 1 if plain
+        draw = dict(size=(n,), device=self.device, generator=self.generator)
+        flip = torch.randint(mirrors, **draw)                       # 1: the mirror, p = 0.5
+        dy = torch.randint(positions, **draw)                       # uniform over 0..8
+        dx = torch.randint(positions, **draw)
+        crops = self.windows[index, flip, :, dy, dx]                # (n, 3, 32, 32) uint8
         images = crops.to(torch.float32, memory_format=self.memory_format)
         return images.div_(255).sub_(self.mean).div_(self.std)     # (n, 3, 32, 32) float32
 

@@ -11,7 +11,7 @@ finished work before the next epoch starts.
 The speed options in `cfg` (channels-last, autocast, torch.compile, the device loader) are
 applied here and nowhere else. The waits for data and the training steps are marked as
 `data_loading` and `training_step` ranges for torch.profiler (speed.py's `Profile`); with no
-profiler running a range costs a microsecond or two.
+profiler running a range costs a few microseconds.
 """
 
 import math

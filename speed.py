@@ -1,0 +1,545 @@
+"""Beyond the lab: how fast can it go, measured; C8 (torch.compile); and profiler traces.
+
+    python lab.py bench          # the speed ladder: each option's images/s against the default
+    python lab.py c8             # C8: eager against torch.compile's modes, epoch by epoch
+    python lab.py c2 --profile   # C2 with a torch.profiler trace of its first steps
+
+`bench` times, in one run, the training step under the lab's default and each speed option
+(channels-last, bfloat16 autocast, torch.compile, and the best combination), and the data
+pipeline (the DataLoader at 0, 1, 2, ... workers against the device loader). Each figure is
+a median over repeats taken in turns, so that a load that comes and goes on a shared machine
+hits every row alike, and is given as a ratio against the default measured in the same run.
+
+`c8_compile` trains with eager PyTorch and with each torch.compile mode and explains, from
+the first epoch against the later ones, what compilation costs and when it pays back.
+
+`Profile` records the first training steps with torch.profiler into a Chrome trace (open it
+in https://ui.perfetto.dev or chrome://tracing) and sums its operators, telling the time
+spent waiting for data (train.py's `data_loading` ranges) from the training steps
+(`training_step`).
+"""
+
+import itertools
+import os
+import statistics
+import warnings
+from bisect import bisect_right
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
+
+from data import DeviceLoader, load_datasets, make_loader
+from report import markdown_table
+from timing import Timer, synchronize
+from train import fit, make_training, train_one_epoch
+
+PROFILED_STEPS = 10   # a whole epoch of CIFAR-10 would make a trace of gigabytes
+TOP_OPERATORS = 10
+PHASES = {"data_loading": "data loading", "training_step": "training step"}
+
+# How much `bench` measures. On a CPU a ResNet-18 step at batch 128 takes seconds, so there
+# each round times one step per row: the whole bench takes a few minutes on 2 cores. (A smaller
+# batch would be quicker but is not the lab's: bfloat16's gain on a CPU grows with the batch.)
+BENCH_SIZES = {
+    "cpu": {"warmup_steps": 2, "repeats": 5, "steps": 1,
+            "pipeline_images": 10_000, "pipeline_repeats": 3},
+    "gpu": {"warmup_steps": 10, "repeats": 5, "steps": 20,
+            "pipeline_images": 10_000, "pipeline_repeats": 3},
+}
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+C8_CPU_TRAIN_SIZE = 256  # c8 on a CPU without --train-size: a slice that runs in minutes
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+# ----------------------------------------------------------------------------------------
+# Profiling (--profile)
+
+
+class Profile:
+    """torch.profiler over the first `max_steps` training steps, saved as a Chrome trace.
+
+        with Profile("results/c2.trace.json", device) as profile:
+            fit(cfg, train_set, test_set, profiler=profile)  # fit calls profile.step()
+        profile.summary()     # JSON-ready: the costliest operators, data loading vs training
+
+    Recording stops after `max_steps` steps, so the trace stays small and the rest of the
+    run goes at full speed; the profiled steps themselves run slower than unprofiled ones.
+    The trace is written when the block ends. Each operator is put in the phase whose range
+    (`data_loading` or `training_step`) was open when it started; "other" is neither (the
+    loop's bookkeeping, evaluation). With DataLoader workers the decoding and augmenting run
+    in the worker processes, which are not profiled: data loading shows as the wait.
+    """
+
+    def __init__(self, trace_path, device="cpu", max_steps=PROFILED_STEPS):
+        self.trace_path = trace_path
+        self.device = torch.device(device)
+        self.max_steps = max_steps
+        self.steps = 0
+        self._profiler = None
+        self._recording = False
+        self._summary = None
+
+    def __enter__(self):
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        self._profiler = torch.profiler.profile(activities=activities)
+        self._profiler.start()
+        self._recording = True
+        return self
+
+    def step(self):
+        """Mark the end of a training step; stop recording after `max_steps` of them."""
+        if not self._recording:
+            return
+        self.steps += 1
+        if self.steps < self.max_steps:
+            self._profiler.step()
+        else:
+            self._stop()
+
+    def _stop(self):
+        synchronize(self.device)  # the last step's GPU kernels belong in the trace
+        self._profiler.stop()
+        self._recording = False
+
+    def __exit__(self, *exc):
+        if self._recording:
+            self._stop()
+        os.makedirs(os.path.dirname(os.path.abspath(self.trace_path)), exist_ok=True)
+        self._profiler.export_chrome_trace(self.trace_path)
+        self._summary = summarize_events(self._profiler.events(), self.device)
+        self._summary.update(trace=self.trace_path, steps=self.steps, max_steps=self.max_steps)
+        self._profiler = None  # its events can take a lot of memory
+        return False
+
+    def summary(self):
+        """The figures of the finished profile (see `summarize_events`)."""
+        return self._summary
+
+
+@contextmanager
+def profiling(trace_path, device="cpu", max_steps=PROFILED_STEPS):
+    """`Profile` the block when `trace_path` is given; with None, profile nothing, yield None."""
+    if trace_path is None:
+        yield None
+        return
+    with Profile(trace_path, device, max_steps) as profile:
+        yield profile
+
+
+def summarize_events(events, device, top=TOP_OPERATORS):
+    """The profile's costliest operators, each in its phase, and the time in each phase.
+
+    Operators are ranked by self time (their own, without the operators they call) on the
+    device that did the work: CUDA time on a GPU, CPU time otherwise. `top=None` keeps all.
+    Times are in seconds.
+    """
+    ranges = sorted((e.time_range.start, e.time_range.end, PHASES[e.name])
+                    for e in events if e.name in PHASES)
+    starts = [start for start, _, _ in ranges]
+
+    def phase(event):
+        i = bisect_right(starts, event.time_range.start) - 1
+        inside = i >= 0 and event.time_range.start <= ranges[i][1]
+        return ranges[i][2] if inside else "other"
+
+    operators = {}
+    for event in events:
+        if (event.device_type != DeviceType.CPU or event.is_user_annotation
+                or event.name.startswith("ProfilerStep")):
+            continue  # CPU-side operators only: their CUDA kernels are counted in them
+        key = (event.name, phase(event))
+        row = operators.setdefault(key, {"name": key[0], "phase": key[1], "calls": 0,
+                                         "self_cpu_time": 0.0, "self_cuda_time": 0.0,
+                                         "cpu_time": 0.0})
+        row["calls"] += 1
+        row["self_cpu_time"] += event.self_cpu_time_total / 1e6  # microseconds -> s
+        row["self_cuda_time"] += event.self_device_time_total / 1e6
+        row["cpu_time"] += event.cpu_time_total / 1e6
+    sort_key = "self_cuda_time" if device.type == "cuda" else "self_cpu_time"
+    ranked = sorted(operators.values(), key=lambda row: row[sort_key], reverse=True)
+    phase_time = {name: sum(end - start for start, end, p in ranges if p == name) / 1e6
+                  for name in PHASES.values()}
+    return {
+        "device": device.type,
+        "sorted_by": sort_key,
+        "data_loading_time": phase_time["data loading"],
+        "training_step_time": phase_time["training step"],
+        "operators": ranked if top is None else ranked[:top],
+    }
+
+
+def render_profile(summary):
+    """The profile as Markdown: where the trace is, data loading vs training, the top operators."""
+    cuda = summary["device"] == "cuda"
+    headers = ["operator", "phase", "calls", "self CPU (ms)"] + (["self CUDA (ms)"] if cuda else [])
+    headers.append("total CPU (ms)")
+    rows = []
+    for op in summary["operators"]:
+        row = [op["name"], op["phase"], op["calls"], f"{1e3 * op['self_cpu_time']:.1f}"]
+        if cuda:
+            row.append(f"{1e3 * op['self_cuda_time']:.1f}")
+        rows.append(row + [f"{1e3 * op['cpu_time']:.1f}"])
+    ranked_by = "self CUDA time" if cuda else "self CPU time"
+    return (
+        f"Profiled the first {summary['steps']} training steps (at most {summary['max_steps']}) "
+        f"with torch.profiler; trace: `{summary['trace']}` (open it in https://ui.perfetto.dev "
+        f"or chrome://tracing). In those steps the training loop waited "
+        f"{summary['data_loading_time']:.3f} s for data and spent "
+        f"{summary['training_step_time']:.3f} s in training steps.\n\n"
+        f"The {len(rows)} costliest operators by {ranked_by}:\n\n"
+        + markdown_table(headers, rows, align="ll" + "r" * (len(headers) - 2))
+        + "\n\nphase: the range the operator ran in: data loading (waiting for the next batch; "
+        "with workers, their own work is not recorded) or the training step (copy, forward, "
+        "loss, backward, optimizer step). Self time excludes the operators it calls; the "
+        "profiler itself slows the steps it records.")
+
+
+# ----------------------------------------------------------------------------------------
+# bench: the speed ladder
+
+
+def step_variants(device, compile_mode=None):
+    """(row name, Config changes) for the training-step table; the first is the lab's default."""
+    compiled = {"compile": True, "compile_mode": compile_mode}
+    variants = [("default", {}),
+                ("channels-last", {"channels_last": True}),
+                ("amp bf16", {"amp": "bf16"})]
+    if device.type == "cuda":
+        variants.append(("amp fp16 (gradient scaler)", {"amp": "fp16"}))
+    variants += [("compile", compiled),
+                 ("channels-last + bf16", {"channels_last": True, "amp": "bf16"}),
+                 ("channels-last + bf16 + compile", {"channels_last": True, "amp": "bf16",
+                                                     **compiled})]
+    return variants
+
+
+def worker_counts(cores, num_workers):
+    """0, 1, 2, then doubling up to the number of cores, and the run's own --num-workers."""
+    counts = {0, 1, 2, num_workers}
+    count = 4
+    while count <= cores:
+        counts.add(count)
+        count *= 2
+    return sorted(counts)
+
+
+def ratios(rates, reference):
+    """Each repeat's rate over the reference's rate in the same repeat."""
+    return [rate / ref for rate, ref in zip(rates, reference)]
+
+
+def start_compiler(device):
+    """Seconds to compile a one-line function: the compiler's start-up, once per process."""
+    with Timer(device) as timer:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device=device))
+    return timer.elapsed
+
+
+@contextmanager
+def cold_compiles():
+    """TorchInductor's caches off, as on a first run, so that compilation is timed in full."""
+    with warnings.catch_warnings(), torch.compiler.config.patch(force_disable_caches=True):
+        warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # as asked
+        yield
+
+
+def short_error(error):
+    """The first line of an exception, with its type: enough to see why a row failed."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def bench(cfg, checkpoint=None):
+    """The training step's and the data pipeline's images per second, option by option.
+
+    Step: every row trains its own copy of the same seeded ResNet-18 on one fixed batch that
+    is already on the device, with train.py's `train_one_epoch`. First `warmup_steps` steps
+    (compilation, kernel selection; timed, reported apart), then `repeats` rounds in which
+    every row times `steps` steps in turn. Images/s is the median over the rounds; the ratio
+    is the median of each round's rate over the default's in that round.
+
+    Pipeline: whole passes over a seeded slice of the training set, each batch delivered on
+    the device, worker start-up included as in C2; the device loader's one-off upload is
+    reported apart. Ratios are against the DataLoader with cfg.num_workers workers.
+    """
+    device = torch.device(cfg.device)
+    sizes = BENCH_SIZES["gpu" if device.type == "cuda" else "cpu"]
+    images = min(cfg.train_size or sizes["pipeline_images"], sizes["pipeline_images"])
+    train_set, _, info = load_datasets(cfg.dataset, cfg.data_path, cfg.seed, train_size=images,
+                                       test_size=1)
+    result = {"data": info["name"], "sizes": sizes}
+    with cold_compiles():
+        result["step"] = bench_steps(cfg, device, train_set, sizes)
+    if checkpoint is not None:
+        checkpoint(result)
+    result["pipeline"] = bench_pipeline(cfg, device, train_set, sizes)
+    return result
+
+
+def bench_steps(cfg, device, train_set, sizes):
+    """The step table: rows of images/s and ratios (see `bench`)."""
+    batch = next(iter(DeviceLoader(train_set, cfg.batch_size, device, seed=cfg.seed)))
+    # (B, 3, 32, 32) and (B,), on the device
+    plain = replace(cfg, channels_last=False, amp=None, compile=False, compile_mode=None)
+    compiler_startup = start_compiler(device)
+    trainers, rows = [], []
+    for name, changes in step_variants(device, cfg.compile_mode):
+        variant = replace(plain, **changes)
+        row = {"name": name, "options": changes, "warmup_time": None, "rates": [],
+               "images_per_second": None, "ratio": None, "error": None}
+        rows.append(row)
+        try:
+            model, optimizer, scaler = make_training(variant, device)
+            steps = itertools.repeat(batch, sizes["warmup_steps"])
+            row["warmup_time"] = train_one_epoch(model, steps, optimizer, device, variant.amp,
+                                                 variant.channels_last, scaler)["train_time"]
+            trainers.append((row, variant, model, optimizer, scaler))
+        except Exception as error:  # a compiler missing or failing: report the row, go on
+            row["error"] = short_error(error)
+    for _ in range(sizes["repeats"]):
+        for row, variant, model, optimizer, scaler in trainers:
+            try:
+                steps = itertools.repeat(batch, sizes["steps"])
+                timed = train_one_epoch(model, steps, optimizer, device, variant.amp,
+                                        variant.channels_last, scaler)
+                row["rates"].append(timed["images"] / timed["train_time"])
+            except Exception as error:
+                row["error"] = short_error(error)
+        trainers = [t for t in trainers if t[0]["error"] is None]
+    default = rows[0]
+    for row in rows:
+        if row["error"] is None and row["rates"] and default["rates"]:
+            row["images_per_second"] = statistics.median(row["rates"])
+            row["ratio"] = statistics.median(ratios(row["rates"], default["rates"]))
+    measured = [row for row in rows[1:] if row["ratio"] is not None]
+    best = max(measured, key=lambda row: row["ratio"])["name"] if measured else None
+    return {"batch_size": cfg.batch_size, "compiler_startup_time": compiler_startup,
+            "rows": rows, "best": best}
+
+
+def bench_pipeline(cfg, device, train_set, sizes):
+    """The pipeline table: DataLoader at each worker count against the device loader."""
+    loaders = []
+    for workers in worker_counts(os.cpu_count() or 1, cfg.num_workers):
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=workers,
+                             seed=cfg.seed, pin_memory=device.type == "cuda")
+        row = {"name": f"DataLoader, {plural(workers, 'worker')}", "num_workers": workers,
+               "setup_time": None, "rates": []}
+        loaders.append((row, loader))
+    with Timer(device) as setup:
+        loader = DeviceLoader(train_set, cfg.batch_size, device, seed=cfg.seed)
+    loaders.append(({"name": "device loader", "num_workers": None,
+                     "setup_time": setup.elapsed, "rates": []}, loader))
+    for _ in range(sizes["pipeline_repeats"]):
+        for row, loader in loaders:
+            with Timer(device) as timer:  # synchronised: the last copy has landed
+                for images, labels in loader:
+                    images = images.to(device, non_blocking=True)
+                    labels = labels.to(device, non_blocking=True)
+            row["rates"].append(len(train_set) / timer.elapsed)
+    rows = [row for row, _ in loaders]
+    reference = next(row for row in rows if row["num_workers"] == cfg.num_workers)
+    for row in rows:
+        row["images_per_second"] = statistics.median(row["rates"])
+        row["ratio"] = statistics.median(ratios(row["rates"], reference["rates"]))
+    return {"images": len(train_set), "batch_size": cfg.batch_size,
+            "reference": reference["name"], "rows": rows}
+
+
+def render_bench(result):
+    step, pipeline = result["step"], result.get("pipeline")
+    rows = []
+    for row in step["rows"]:
+        name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
+        if row["error"] is not None:
+            rows.append([name, "failed", "-", "-"])
+            continue
+        rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
+                     f"{row['warmup_time']:.2f}"])
+    sizes = result["sizes"]
+    text = [
+        f"Training step, batch {step['batch_size']}, the batch already on the device:",
+        "",
+        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
+        "",
+        f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
+        f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
+        "compilation for the compile rows, timed with the compiler's caches off as on a first "
+        "run; the compiler's own start-up, once per process, took "
+        f"{step['compiler_startup_time']:.1f} s more.",
+    ]
+    text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
+    if pipeline is not None:
+        rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
+                for row in pipeline["rows"]]
+        setup = pipeline["rows"][-1]["setup_time"]
+        text += [
+            "",
+            f"Data pipeline, batch {pipeline['batch_size']}, whole passes over "
+            f"{pipeline['images']:,} training images, each batch delivered on the device:",
+            "",
+            markdown_table(["loader", "images/s", f"vs {pipeline['reference']}"], rows),
+            "",
+            f"Median of {sizes['pipeline_repeats']} passes each, taken in turns; DataLoader "
+            "passes include starting their workers, as every epoch in C2 does. The device "
+            f"loader's one-off upload of the images took {setup:.2f} s. The device loader "
+            "changes where the data comes from, not the step, so it has no row above.",
+        ]
+    return "\n".join(text)
+
+
+# ----------------------------------------------------------------------------------------
+# C8: torch.compile
+
+
+def c8_compile(cfg, checkpoint=None):
+    """C8: eager against each torch.compile mode, cfg.epochs epochs each, from the same weights.
+
+    Compilation is timed with TorchInductor's caches off, as on a first run (a later run on
+    the same machine reuses the on-disk cache and starts much faster). The compiler's
+    start-up, paid once per process, is timed on its own before the first mode.
+    """
+    device = torch.device(cfg.device)
+    note = None
+    if device.type == "cpu" and cfg.train_size is None:
+        cfg = replace(cfg, train_size=C8_CPU_TRAIN_SIZE)
+        note = (f"On a CPU, without --train-size, C8 trains on a seeded slice of "
+                f"{C8_CPU_TRAIN_SIZE} images so that it finishes in a few minutes; give "
+                "--train-size N for more.")
+    train_set, test_set, info = load_datasets(cfg.dataset, cfg.data_path, cfg.seed,
+                                              cfg.train_size, cfg.test_size)
+    result = {"note": note, "data": info["name"], "train_images": len(train_set),
+              "batch_size": cfg.batch_size, "epochs": cfg.epochs, "runs": []}
+    with cold_compiles():
+        result["compiler_startup_time"] = start_compiler(device)
+        for mode in ("eager",) + COMPILE_MODES:
+            torch._dynamo.reset()  # each mode compiles from scratch
+            variant = replace(cfg, compile=mode != "eager",
+                              compile_mode=None if mode in ("eager", "default") else mode)
+            run = {"mode": mode, "epoch_times": [], "error": None}
+            try:
+                history = fit(variant, train_set, test_set, label=f"{mode}: ")
+                run["epoch_times"] = [epoch["epoch_time"] for epoch in history]
+            except Exception as error:
+                run["error"] = short_error(error)
+            result["runs"].append(run)
+            result["analysis"] = analyse_compile(result)
+            if checkpoint is not None:
+                checkpoint(result)
+    return result
+
+
+def analyse_compile(result):
+    """Per run: first epoch, mean of the later ones, and against eager the one-off compilation
+    cost, the saving per later epoch and the number of epochs (and images) to pay back."""
+    analysis = []
+    eager = None
+    for run in result["runs"]:
+        times = run["epoch_times"]
+        row = {"mode": run["mode"], "first_epoch": times[0] if times else None,
+               "later_epochs": statistics.mean(times[1:]) if len(times) > 1 else None,
+               "compile_cost": None, "saving": None, "speedup": None,
+               "payback_epochs": None, "payback_images": None}
+        analysis.append(row)
+        if run["mode"] == "eager":
+            eager = row
+            continue
+        if eager is None or row["later_epochs"] is None or eager["later_epochs"] is None:
+            continue
+        # What the first epoch costs beyond a later one, less eager's own first-epoch warm-up
+        # (none when eager's first epoch was no slower: that difference is noise).
+        eager_warmup = max(eager["first_epoch"] - eager["later_epochs"], 0.0)
+        row["compile_cost"] = row["first_epoch"] - row["later_epochs"] - eager_warmup
+        row["saving"] = eager["later_epochs"] - row["later_epochs"]
+        row["speedup"] = eager["later_epochs"] / row["later_epochs"]
+        if row["saving"] > 0:
+            row["payback_epochs"] = max(row["compile_cost"], 0.0) / row["saving"]
+            row["payback_images"] = row["payback_epochs"] * result["train_images"]
+    return analysis
+
+
+def render_c8(result):
+    analysis = result.get("analysis", [])
+    rows = []
+    for row, run in zip(analysis, result["runs"]):
+        if run["error"] is not None:
+            rows.append([row["mode"], "failed", "-", "-", "-", "-"])
+            continue
+        rows.append([row["mode"], _seconds(row["first_epoch"]), _seconds(row["later_epochs"]),
+                     _seconds(row["compile_cost"]),
+                     "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+                     "-" if row["payback_epochs"] is None else f"{row['payback_epochs']:.1f}"])
+    text = [f"{result['train_images']:,} training images, batch {result['batch_size']}, "
+            f"{result['epochs']} epochs per mode."]
+    if result["note"]:
+        text.append(result["note"])
+    text += ["", markdown_table(["mode", "first epoch (s)", "later epochs, mean (s)",
+                                 "compilation (s)", "later vs eager", "pays back after (epochs)"],
+                                rows),
+             "", explain_compile(result)]
+    text += [f"\n{run['mode']} failed: {run['error']}" for run in result["runs"] if run["error"]]
+    return "\n".join(text)
+
+
+def explain_compile(result):
+    """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
+    analysis = {row["mode"]: row for row in result.get("analysis", [])}
+    eager = analysis.get("eager")
+    if eager is None or eager["later_epochs"] is None:
+        return "With one epoch there is no later epoch to compare with: use --epochs 2 or more."
+    warmup = eager["first_epoch"] - eager["later_epochs"]
+    if warmup > 0:
+        eager_line = (f"Eager's own first epoch was {warmup:.2f} s slower than its later ones "
+                      "(allocating memory, choosing kernels); the compilation column subtracts "
+                      "that.")
+    else:
+        eager_line = (f"Eager's own first epoch was no slower than its later ones "
+                      f"({eager['first_epoch']:.2f} s against {eager['later_epochs']:.2f} s: "
+                      "the difference is noise).")
+    lines = [
+        "Why the first epoch is slow: on its first step torch.compile traces the model into a "
+        "graph (Dynamo), derives the backward graph (AOTAutograd), fuses operators and "
+        "generates kernels (Inductor: C++ on a CPU, Triton on a GPU), then compiles them. That "
+        "is done once per process and input shape; later steps run the compiled code. "
+        f"{eager_line} The compiler's start-up, once per process, took "
+        f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
+    last_batch = result["train_images"] % result["batch_size"]
+    if last_batch:
+        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape: the "
+                     "first epoch compiles twice.")
+    for mode in COMPILE_MODES:
+        row = analysis.get(mode)
+        if row is None or row["compile_cost"] is None:
+            continue
+        line = (f"- {mode}: the first epoch took {row['first_epoch']:.1f} s, about "
+                f"{row['compile_cost']:.1f} s of it compilation; later epochs "
+                f"{row['later_epochs']:.2f} s against eager's {eager['later_epochs']:.2f} s")
+        if row["payback_epochs"] is None:
+            line += ", no faster, so compiling does not pay back at this size on this device."
+        else:
+            full = row["payback_images"] / CIFAR10_TRAIN_IMAGES
+            line += (f", {row['saving']:.2f} s saved per epoch: it pays back after "
+                     f"{row['payback_epochs']:.1f} epochs of this size, "
+                     f"{row['payback_images']:,.0f} images ({full:.2f} of a full CIFAR-10 "
+                     "epoch).")
+        lines.append(line)
+    if "reduce-overhead" in analysis:
+        lines.append("reduce-overhead adds CUDA graphs, which replay a whole step's kernels in "
+                     "one launch; on a CPU there are no CUDA graphs, and it compiles like "
+                     "default. max-autotune also benchmarks alternative kernels while it "
+                     "compiles: a longer compilation for a step that may be faster.")
+    return "\n".join(lines)
+
+
+def plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _seconds(value):
+    return "-" if value is None else f"{value:.2f}"
