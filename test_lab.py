@@ -156,6 +156,22 @@ class TimingTest(unittest.TestCase):
             self.assertGreaterEqual(timer.elapsed, 0.05)
             self.assertLess(timer.elapsed, 1.0)
 
+    def test_null_timer_is_the_same_loop_untimed(self):
+        # The baseline of `python timing.py`: same training, nothing timed.
+        batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))] * 2
+        losses = {}
+        for timer_class in (timing.EpochTimer, timing.NullTimer):
+            torch.manual_seed(0)
+            model = ResNet18()
+            optimizer = train.make_optimizer("sgd", model.parameters(), lr=0.01)
+            result = train.train_one_epoch(model, batches, optimizer, torch.device("cpu"),
+                                           timer=timer_class("cpu"))
+            losses[timer_class] = result["train_loss"]
+            timed = timer_class is timing.EpochTimer
+            self.assertEqual(result["train_time"] > 0, timed)
+            self.assertEqual(result["epoch_time"] > 0, timed)
+        self.assertEqual(losses[timing.EpochTimer], losses[timing.NullTimer])
+
     def test_timed_batches_charge_worker_start_to_the_first_data_window(self):
         timer = timing.EpochTimer("cpu")
 
