@@ -314,7 +314,7 @@ def best_worker_count(cfg):
     return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
 
 
-def run_into(result, key, cfg, checkpoint, label=""):
+def run_into(result, key, cfg, checkpoint, label="", trace_name=None):
     """Train as cfg says, keeping the run in result["runs"][key] after every epoch."""
     def save(run):
         result["runs"][key] = {"num_workers": cfg.num_workers, "device": cfg.device,
@@ -323,7 +323,7 @@ def run_into(result, key, cfg, checkpoint, label=""):
         if checkpoint is not None:
             checkpoint(result)
 
-    save(training_run(cfg, save, label))
+    save(training_run(cfg, save, label, trace_name))
     return result["runs"][key]
 
 
@@ -344,8 +344,10 @@ def c4_workers_compared(cfg, checkpoint=None):
     """C4: C2 with 1 worker and with the best count, side by side."""
     best, source = best_worker_count(cfg)
     result = {"best_workers": best, "best_source": source, "runs": {}}
-    run_into(result, "one_worker", replace(cfg, num_workers=1), checkpoint, "1 worker, ")
-    run_into(result, "best", replace(cfg, num_workers=best), checkpoint, f"{best} workers, ")
+    run_into(result, "one_worker", replace(cfg, num_workers=1), checkpoint, "1 worker, ",
+             trace_name="c4-1-worker")
+    run_into(result, "best", replace(cfg, num_workers=best), checkpoint, f"{best} workers, ",
+             trace_name=f"c4-{best}-workers")
     return result
 
 
@@ -367,6 +369,9 @@ def render_c4(result):
     text += f"\n\nThe best count, {result['best_workers']}, comes from {result['best_source']}."
     if "one_worker" in runs and "best" in runs and runs["best"]["epochs"]:
         text += "\n\n" + explain_c4(runs["one_worker"], runs["best"], result["best_workers"])
+    for key, run in runs.items():
+        if "profile" in run:
+            text += f"\n\nProfile, {names[key]}:\n\n" + render_profile(run["profile"])
     return text
 
 
@@ -829,6 +834,7 @@ def describe_run(header):
 # `all` and the lab report
 
 LAB_ORDER = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"]
+BEYOND_THE_LAB = ["c8", "bench"]  # in the report when their results exist; `all` skips them
 
 
 def exercise_config(name, cfg, evaluate=None, best_workers=None):
@@ -875,10 +881,16 @@ def run_all(cfg, evaluate=None, force=False, stream=None):
 
 
 def write_report(cfg):
-    """Write <out>/REPORT.md from the results files there; return its path."""
+    """Write <out>/REPORT.md from the results files there; return its path.
+
+    Every exercise of the lab gets a section, "Not run." when it has no results yet;
+    C8 and the bench, which `all` does not run, get one when their results are there.
+    """
     sections = []
     first = None
-    for name in LAB_ORDER:
+    extras = [name for name in BEYOND_THE_LAB
+              if os.path.exists(os.path.join(cfg.out, f"{name}.json"))]
+    for name in LAB_ORDER + extras:
         exercise = EXERCISES[name]
         saved = report.read_json(os.path.join(cfg.out, f"{name}.json"))
         sections.append(f"## {exercise.title}\n")
