@@ -308,7 +308,7 @@ def best_worker_count(cfg):
     if cfg.best_workers is not None and cfg.best_workers != measured:
         return cfg.best_workers, "--best-workers"
     if measured is not None:
-        return measured, f"C3's results ({path})"
+        return measured, f"C3's results in {path}"
     print("c4/c5: no C3 results and no --best-workers: sweeping the worker counts first",
           file=sys.stderr)
     return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
@@ -424,8 +424,7 @@ def gpu_device():
         return "cuda", torch.cuda.get_device_name()
     if torch.backends.mps.is_available():
         return "mps", "Apple MPS"
-    build = f"torch {torch.__version__}"
-    return None, f"no CUDA or MPS device is available on this machine ({build})"
+    return None, f"torch {torch.__version__} finds no CUDA or MPS device on this machine"
 
 
 def c5_cpu_vs_gpu(cfg, checkpoint=None):
@@ -928,7 +927,7 @@ def report_header(cfg, sample):
         ["optimizer", f"{cfg.optimizer}, lr {cfg.lr}, weight decay 5e-4"],
         ["training device", f"{cfg.device}: {device_name(cfg.device)}"],
         ["CPU", f"{cpu_model()}, {usable_cores()} cores usable"],
-        ["GPU", gpu_name if gpu else f"none ({gpu_name})"],
+        ["GPU", gpu_name if gpu else f"none: {gpu_name}"],
         ["torch", torch.__version__],
         ["seed", cfg.seed],
     ]
