@@ -123,7 +123,8 @@ def _random_windows(patterns, generator):
     cols[flip] = cols[flip].flip(1)
     batch = torch.arange(n)[:, None, None, None]
     channel = torch.arange(3)[None, :, None, None]
-    return patterns[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]  # (n, 3, 32, 32)
+    windows = patterns[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    return windows  # (n, 3, 32, 32)
 
 
 def seeded_subset(dataset, size, seed):

@@ -27,8 +27,9 @@ import torch
 
 import report
 from data import DATASETS, DataError, load_datasets, make_loader
-from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_input, q3_sgd_parameters,
-                       q4_adam_parameters, render_q1, render_q2, render_q3, render_q4)
+from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_input,
+                       q3_sgd_parameters, q4_adam_parameters, render_q1, render_q2, render_q3,
+                       render_q4)
 from report import bar_chart, markdown_table, mean, percent, seconds
 from resnet import ResNet18
 from speed import bench, c8_compile, profiling, render_bench, render_c8, render_profile
@@ -552,7 +553,7 @@ def render_c7(result):
 
 
 def resnet_summary(cfg):
-    """The lab's ResNet-18 (or, with --no-bn, the one without BatchNorm) as torchsummary shows it."""
+    """The lab's ResNet-18 (with --no-bn, the one without BatchNorm) as torchsummary shows it."""
     model = ResNet18(batch_norm=cfg.batch_norm).to(cfg.device)
     return model_summary(model, (3, 32, 32), batch_size=-1, print_table=False)
 

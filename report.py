@@ -38,7 +38,8 @@ def bar_chart(labels, values, width=40, unit="s", mark=None):
     for label, value in zip(labels, values):
         bar = "#" * max(1, round(width * value / top)) if top > 0 else ""
         flag = "  <- best" if label == mark else ""
-        lines.append(f"{str(label).rjust(label_width)} | {bar.ljust(width)} {value:.3f} {unit}{flag}")
+        name = str(label).rjust(label_width)
+        lines.append(f"{name} | {bar.ljust(width)} {value:.3f} {unit}{flag}")
     return "\n".join(lines)
 
 
