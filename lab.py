@@ -737,6 +737,8 @@ def parse_args(argv):
         if args.device not in ("auto", "cuda"):
             raise UsageError(f"--cuda contradicts --device {args.device}")
         args.device = "cuda"
+    if args.profile and args.exercise not in ("c2", "c4", "all"):
+        raise UsageError(f"--profile records c2 and c4 only, not {args.exercise}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file; it must be a folder")
     cfg = Config(

@@ -377,6 +377,7 @@ class CommandLineTest(TempDirTest):
             (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
             (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
             (["c1", "--out", str(afile)], "--out"),
+            (["c6", "--profile"], "--profile records c2 and c4 only"),
         ]
         if not torch.cuda.is_available():
             cases.append((["c1", "--device", "cuda"], "no CUDA GPU"))
