@@ -185,6 +185,9 @@ def _image_folder(root):
         raise DataError(f"cannot read the image folder {root}: {error}") from None
     if train_set.classes != test_set.classes:
         raise DataError(f"{root}/train and {root}/test have different class folders")
+    if len(train_set.classes) != len(CIFAR10_CLASSES):
+        raise DataError(f"{root}/train has {len(train_set.classes)} class folders; the lab's "
+                        f"ResNet-18 classifies {len(CIFAR10_CLASSES)}")
     info = {"name": "folder", "source": str(root), "note": "image folder",
             "classes": train_set.classes}
     return train_set, test_set, info

@@ -33,7 +33,7 @@ from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_
 from report import bar_chart, markdown_table, mean, percent, seconds
 from resnet import ResNet18
 from speed import bench, c8_compile, profiling, render_bench, render_c8, render_profile
-from train import OPTIMIZERS, fit, make_model
+from train import OPTIMIZERS, fit
 
 
 @dataclass
@@ -96,6 +96,7 @@ def summarize(history):
         "train_time": mean(e["train_time"] for e in history),
         "other_time": mean(e["other_time"] for e in history),
         "epoch_time": mean(e["epoch_time"] for e in history),
+        "first_batch_time": mean(e["first_batch_time"] for e in history),
         "diverged_at": next((e["epoch"] for e in history if e["diverged"]), None),
     }
 
@@ -107,7 +108,10 @@ def training_run(cfg, checkpoint=None, label="", trace_name=None):
     <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
     """
     train_set, test_set, info = datasets_for(cfg)
-    run = {"epochs": [], "summary": summarize([])}
+    run = {"model": None, "epochs": [], "summary": summarize([])}
+
+    def on_model(model):
+        run["model"] = model_facts(model)
 
     def on_epoch(history):
         run["epochs"] = list(history)
@@ -118,7 +122,8 @@ def training_run(cfg, checkpoint=None, label="", trace_name=None):
     profiled = cfg.profile and trace_name is not None
     trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if profiled else None
     with profiling(trace, cfg.device) as profiler:
-        fit(cfg, train_set, test_set, on_epoch=on_epoch, label=label, profiler=profiler)
+        fit(cfg, train_set, test_set, on_epoch=on_epoch, label=label, profiler=profiler,
+            on_model=on_model)
     if profiler is not None:
         run["profile"] = profiler.summary()
     return run
@@ -164,7 +169,9 @@ def render_c2(result):
         "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
         "(the Python loop and the progress line). data+train is their share of the total.")
     if "profile" in result:  # --profile
-        text += "\n\n" + render_profile(result["profile"])
+        text += ("\n\nWith --profile the profiler records the first steps of epoch 1, which "
+                 "slows them: compare epochs after the first.\n\n"
+                 + render_profile(result["profile"]))
     return text
 
 
@@ -205,11 +212,11 @@ def loader_epoch_time(cfg, num_workers):
 def c3_worker_sweep(cfg, checkpoint=None):
     """C3: time one epoch of data loading for 0, 4, 8, ... workers; the fastest count wins.
 
-    Without cfg.max_workers the sweep stops at the first count that is not faster than the
-    one before (the assignment's rule); with it, every count up to cfg.max_workers is timed.
-    The machine's core count joins the sweep when it is not a multiple of 4 (2 on a 2-core
-    machine), since that is where adding workers should stop paying. Each count is timed
-    cfg.repeats times and ranked by the median.
+    Without cfg.max_workers the sweep stops at the first of 0, 4, 8, ... that is not faster
+    than the one before (the assignment's rule); with it, every count up to cfg.max_workers
+    is timed. The machine's core count joins the sweep as an extra point when it is not a
+    multiple of 4 (2 on a 2-core machine), since that is where adding workers should stop
+    paying. Each count is timed cfg.repeats times and ranked by the median.
     """
     cores = usable_cores()
     top = cfg.max_workers if cfg.max_workers is not None else 4 * max(cores, 16)
@@ -222,7 +229,9 @@ def c3_worker_sweep(cfg, checkpoint=None):
                  "min": times[0], "max": times[-1], "times": times}
         print(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
               f"(min {point['min']:.3f}, max {point['max']:.3f})", file=sys.stderr, flush=True)
-        previous = result["points"][-1] if result["points"] else None
+        # The stop rule follows 0, 4, 8, ...; the core count is an extra point beside them.
+        on_the_rule = [p for p in result["points"] if p["num_workers"] % 4 == 0]
+        previous = on_the_rule[-1] if on_the_rule and num_workers % 4 == 0 else None
         result["points"].append(point)
         result["best_workers"] = min(result["points"], key=lambda p: p["median"])["num_workers"]
         if checkpoint is not None:
@@ -264,19 +273,20 @@ def explain_cores(points, winner, cores):
     """What the core count means for the sweep, checked against the measured times."""
     text = (f"This machine gives the program {cores} CPU cores. Each worker is a process that "
             "needs a core to decode and augment images, and the main process needs one too, "
-            f"so beyond {cores} workers the processes only share the same cores.")
+            f"so beyond {cores} workers the processes share the same cores.")
     at_cores = next((p for p in points if p["num_workers"] >= cores), None)
-    if at_cores is None or winner["num_workers"] <= at_cores["num_workers"]:
+    if at_cores is None or not any(p["num_workers"] > at_cores["num_workers"] for p in points):
+        return text + f" No count above {cores} was timed in this sweep."
+    if winner["num_workers"] <= at_cores["num_workers"]:
         return text + " The sweep agrees: no count above that was faster."
     gain = 100 * (1 - winner["median"] / at_cores["median"])
     if winner["max"] >= at_cores["min"]:
         return text + (f" The {winner['num_workers']}-worker median is {gain:.0f}% below the "
                        f"{at_cores['num_workers']}-worker one, but their spreads overlap: noise.")
     return text + (f" Here {winner['num_workers']} workers were still {gain:.0f}% faster than "
-                   f"{at_cores['num_workers']}: with other programs busy on the same cores, more "
-                   "processes win a larger share of them. That is a busy machine, not more "
-                   "computing power; on a quiet machine expect the curve to flatten at the "
-                   "core count.")
+                   f"{at_cores['num_workers']}. Workers that wait (on a disk, say) leave their "
+                   "core to others, and with other programs busy on the same cores, more "
+                   "processes win a larger share of them; neither adds computing power.")
 
 
 def c3_chart_png(result, path):
@@ -319,8 +329,7 @@ def run_into(result, key, cfg, checkpoint, label="", trace_name=None):
     """Train as cfg says, keeping the run in result["runs"][key] after every epoch."""
     def save(run):
         result["runs"][key] = {"num_workers": cfg.num_workers, "device": cfg.device,
-                               "optimizer": cfg.optimizer, "batch_norm": cfg.batch_norm,
-                               **model_facts(cfg), **run}
+                               "optimizer": cfg.optimizer, "batch_norm": cfg.batch_norm, **run}
         if checkpoint is not None:
             checkpoint(result)
 
@@ -328,12 +337,11 @@ def run_into(result, key, cfg, checkpoint, label="", trace_name=None):
     return result["runs"][key]
 
 
-def model_facts(cfg):
-    """What the run's model is, from the same constructor and seed `fit` uses."""
-    model = make_model(replace(cfg, device="cpu", channels_last=False), torch.device("cpu"))
+def model_facts(model):
+    """What a run's model is before its first step: size, BatchNorm layers, weights' hash."""
     digest = hashlib.sha256()
     for tensor in model.state_dict().values():
-        digest.update(tensor.numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "batchnorm_layers": sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()),
@@ -363,7 +371,8 @@ def render_c4(result):
                          seconds(e["epoch_time"])])
         s = run["summary"]
         if run["epochs"]:
-            rows.append([names[key], "mean", seconds(s["data_time"]), seconds(_mean_first(run)),
+            rows.append([names[key], "mean", seconds(s["data_time"]),
+                         seconds(s["first_batch_time"]),
                          seconds(s["train_time"]), seconds(s["epoch_time"])])
     text = markdown_table(["workers", "epoch", "data (s)", "of which first batch (s)",
                            "train (s)", "total (s)"], rows, align="lrrrrr")
@@ -376,43 +385,58 @@ def render_c4(result):
     return text
 
 
-def _mean_first(run):
-    return mean(e["first_batch_time"] for e in run["epochs"])
-
-
 def explain_c4(one, best, best_workers):
     """C4's explanation, every figure in it read from the two runs."""
     lines = [explain_wait(one, 1)]
     if best_workers != 1:
         lines.append(explain_wait(best, best_workers))
-    t_one, t_best = one["summary"]["epoch_time"], best["summary"]["epoch_time"]
-    lines.append(f"- Per epoch, {best_workers} workers took {t_best:.3f} s against "
-                 f"{t_one:.3f} s with 1 worker ({t_one / t_best:.2f}x). The training time "
-                 f"({one['summary']['train_time']:.3f} s and {best['summary']['train_time']:.3f}"
-                 " s) is the same work either way; the workers change only the wait for data.")
+    a, b = one["summary"], best["summary"]
+    speedup = a["epoch_time"] / b["epoch_time"]
+    lines.append(f"- Per epoch, {plural(best_workers, 'worker')} took {b['epoch_time']:.3f} s "
+                 f"against {a['epoch_time']:.3f} s with 1 worker ({speedup:.2f}x as fast). "
+                 f"Of the difference of {a['epoch_time'] - b['epoch_time']:+.3f} s, "
+                 f"{a['data_time'] - b['data_time']:+.3f} s is in the wait for data and "
+                 f"{a['train_time'] - b['train_time']:+.3f} s in training.")
+    train_change = abs(a["train_time"] - b["train_time"]) / max(a["train_time"], b["train_time"])
+    if train_change > 0.05:
+        lines.append(f"- The training time itself changed by {100 * train_change:.0f}%, though the "
+                     "training work is the same: worker processes run on the same CPU cores as "
+                     "the training (on a CPU) or its host-side work (on a GPU) and take turns "
+                     "with it, and other programs on the machine do too.")
+    else:
+        lines.append("- The training time stayed within 5%: the workers change only how long "
+                     "the loop waits for data.")
     return "\n".join(lines)
 
 
 def explain_wait(run, num_workers):
-    """One line on how long a run waited for data, and why, from its figures."""
+    """One line on how long a run waited for data, and why, from its figures.
+
+    The first batch of an epoch waits for the workers to start, so whether loading keeps up
+    is judged on the rest of the wait.
+    """
     s = run["summary"]
     share = 100 * s["data_time"] / s["epoch_time"]
-    first = _mean_first(run)
-    line = (f"- With {num_workers} worker{'s' if num_workers != 1 else ''}, the loop waited "
-            f"{s['data_time']:.3f} s per epoch for data ({share:.1f}% of the epoch). ")
+    line = (f"- With {plural(num_workers, 'worker')}, the loop waited {s['data_time']:.3f} s "
+            f"per epoch for data ({share:.1f}% of the epoch). ")
     if num_workers == 0:
         return line + ("With no workers the main process loads every batch itself, between "
                        "training steps: nothing is hidden, and the wait is the whole cost of "
                        "reading, augmenting and collating the images.")
-    if share < 5:
-        line += ("Loading is hidden behind compute: the workers prepare the next batches while "
-                 "the model trains, so the loop hardly waits.")
-    else:
-        line += ("Loading is not hidden: the workers do not prepare batches as fast as the "
-                 "model consumes them, so the loop waits.")
-    startup = 100 * first / s["data_time"] if s["data_time"] > 0 else 0.0
-    return line + (f" Of that wait, {first:.3f} s ({startup:.0f}%) is the first batch of each "
-                   "epoch, which includes starting the worker processes afresh.")
+    first = s["first_batch_time"]
+    steady = s["data_time"] - first
+    line += (f"{first:.3f} s of it is the first batch of each epoch, which includes starting "
+             f"the worker processes afresh; the other batches waited {steady:.3f} s in all "
+             f"({100 * steady / s['epoch_time']:.1f}% of the epoch). ")
+    if steady / s["epoch_time"] < 0.05:
+        return line + ("After the start, loading is hidden behind compute: the workers prepare "
+                       "the next batches while the model trains.")
+    return line + ("Loading is not hidden: the workers do not prepare batches as fast as the "
+                   "model consumes them.")
+
+
+def plural(count, noun):
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -458,8 +482,10 @@ def render_c5(result):
                            "mean data (s)"], rows)
     text += f"\n\nBoth with {result['best_workers']} workers (from {result['best_source']})."
     if result["speedup"] is not None:
-        text += (f" The GPU is **{result['speedup']:.1f}x** faster per epoch than the CPU "
-                 "(mean epoch time over the epochs).")
+        speedup = result["speedup"]
+        text += (f" The GPU is **{speedup:.1f}x** faster per epoch than the CPU" if speedup >= 1
+                 else f" The GPU is **{1 / speedup:.1f}x slower** per epoch than the CPU")
+        text += " (mean epoch time over the epochs)."
     else:
         text += f" The GPU run was skipped: {result['gpu']['skipped']}."
     return text
@@ -467,7 +493,7 @@ def render_c5(result):
 
 def c6_optimizers(cfg, checkpoint=None):
     """C6: the five optimizers from the same initial weights and the same data order."""
-    result = {"optimizers": list(OPTIMIZERS), "runs": {}}
+    result = {"optimizers": list(OPTIMIZERS), "lr": cfg.lr, "seed": cfg.seed, "runs": {}}
     for name in OPTIMIZERS:
         run_into(result, name, replace(cfg, optimizer=name), checkpoint, f"{name}, ")
     return result
@@ -488,10 +514,14 @@ def render_c6(result):
                            "last loss", "last top-1", ""], rows, align="lrrrrrl")
     text += "\n\nPer epoch:\n\n" + markdown_table(
         ["optimizer", "epoch", "train (s)", "loss", "top-1", ""], epoch_rows, align="lrrrrl")
-    fingerprints = {run["initial_weights_sha256"] for run in result["runs"].values()}
-    text += ("\n\nAll runs start from the same initial weights (one SHA-256 prefix, "
-             f"{', '.join(sorted(fingerprints))}) and see the same data order (one seed); "
-             "lr 0.1 and weight decay 5e-4 for all, momentum 0.9 for the two SGDs.")
+    fingerprints = sorted({run["model"]["initial_weights_sha256"]
+                           for run in result["runs"].values() if run["model"]})
+    text += "\n\n" + (
+        f"All runs start from the same initial weights (SHA-256 prefix {fingerprints[0]})"
+        if len(fingerprints) == 1 else
+        f"The runs did NOT start from the same weights: {', '.join(fingerprints)}")
+    text += (f"; all see the same data order (seed {result['seed']}); lr {result['lr']} and "
+             "weight decay 5e-4 for all, momentum 0.9 for the two SGDs.")
     return text
 
 
@@ -532,7 +562,8 @@ def render_c7(result):
         if run is None:
             continue
         s = run["summary"]
-        rows.append([names[key], run["batchnorm_layers"], f"{run['parameters']:,}",
+        rows.append([names[key], run["model"]["batchnorm_layers"],
+                     f"{run['model']['parameters']:,}",
                      _loss(s["train_loss"]), percent(s["train_accuracy"]),
                      _loss(s["final_train_loss"]), percent(s["final_train_accuracy"]),
                      seconds(s["train_time"]), seconds(s["epoch_time"])])
@@ -569,9 +600,10 @@ def render_summary(result):
 @dataclass
 class Exercise:
     title: str
-    run: callable = None           # run(cfg, checkpoint) -> dict; None: not built yet
-    render: callable = None        # render(result) -> Markdown text
-    uses_data: bool = True
+    run: callable                  # run(cfg, checkpoint) -> dict
+    render: callable               # render(result) -> Markdown text
+    uses_data: bool = True         # loads the lab's data set, named before it runs
+    checkpoints: bool = True       # run takes a checkpoint(partial) callback
     evaluate: bool = False         # test accuracy on by default
     chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
@@ -585,18 +617,21 @@ EXERCISES = {
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render_c5),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render_c6),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render_c7),
-    "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render_q1, uses_data=False),
+    # The questions read only the model and take a second: no data, nothing to checkpoint.
+    "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render_q1, False, False),
     "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input, render_q2,
-                   uses_data=False),
+                   False, False),
     "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render_q3,
-                   uses_data=False),
+                   False, False),
     "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters, render_q4,
-                   uses_data=False),
+                   False, False),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
-                        render_summary, uses_data=False),
-    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render_c8),
+                        render_summary, False, False),
+    # C8 and bench pick their own slices and record the data set they used in "dataset".
+    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render_c8,
+                   uses_data=False),
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render_bench),
+                      render_bench, uses_data=False),
 }
 CHOICES = list(EXERCISES) + ["all"]
 QUICK = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
@@ -729,7 +764,10 @@ def resolve_device(name):
 
 
 def parse_args(argv):
-    """(exercise name, Config) from the command line; UsageError on bad input."""
+    """(exercise, Config, --eval/--no-eval or None, --force) from the command line.
+
+    Raises UsageError on bad input.
+    """
     args = build_parser().parse_args(argv)
     if args.exercise not in CHOICES:
         raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: {', '.join(CHOICES)}")
@@ -739,8 +777,17 @@ def parse_args(argv):
         args.device = "cuda"
     if args.profile and args.exercise not in ("c2", "c4", "all"):
         raise UsageError(f"--profile records c2 and c4 only, not {args.exercise}")
+    if args.loader == "device" and args.exercise in ("c3", "c4"):
+        raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
+                         "--loader device has none")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file; it must be a folder")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {args.out} cannot be created: {error.strerror}") from None
     cfg = Config(
         device=resolve_device(args.device), dataset=args.dataset, data_path=args.data_path,
         train_size=args.train_size, test_size=args.test_size, seed=args.seed,
@@ -781,9 +828,6 @@ def run_exercise(name, cfg, stream=None):
     """Run one exercise, saving `<out>/<name>.json` after each step; print its tables."""
     stream = stream or sys.stdout
     exercise = EXERCISES[name]
-    if exercise.run is None:
-        print(f"{name}: {exercise.title} is not built yet.", file=stream)
-        return None
     info = datasets_for(cfg)[2] if exercise.uses_data else None
     header = {
         "exercise": name,
@@ -796,17 +840,20 @@ def run_exercise(name, cfg, stream=None):
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     path = os.path.join(cfg.out, f"{name}.json")
-    print(f"\n## {exercise.title}\n\n{describe_run(header)}\n", file=stream, flush=True)
+    print(f"\n## {exercise.title}\n", file=stream, flush=True)
+    if exercise.uses_data:
+        print(describe_run(header) + "\n", file=stream, flush=True)
 
     def checkpoint(partial):
         report.write_json(path, {**header, **partial})
 
-    # The questions read only the model and take a second: nothing to checkpoint.
-    answer = exercise.run(cfg, checkpoint) if exercise.uses_data else exercise.run(cfg)
+    answer = exercise.run(cfg, checkpoint) if exercise.checkpoints else exercise.run(cfg)
     result = {**header, **answer}
     result["complete"] = True
     result["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     report.write_json(path, result)
+    if not exercise.uses_data:  # now that the run has said which data, if any, it used
+        print(describe_run(result) + "\n", file=stream)
     print(exercise.render(result), file=stream)
     saved = [path]
     if exercise.chart is not None:
@@ -826,9 +873,11 @@ def describe_run(header):
                      f"{info['test_images']} test images; {info['note']})")
     parts.append(f"device: {header['device']['name']}")
     parts.append(f"torch {header['torch_version']}")
-    if info is not None:
-        parts.append(f"batch {cfg['batch_size']}, {cfg['num_workers']} workers, "
-                     f"{cfg['optimizer']} lr {cfg['lr']}, {cfg['epochs']} epochs")
+    if header["exercise"] in ("c1", "c2", "c6", "c7"):  # the others vary the workers themselves
+        loading = ("the device loader" if cfg["loader"] == "device"
+                   else plural(cfg["num_workers"], "worker"))
+        parts.append(f"batch {cfg['batch_size']}, {loading}, {cfg['optimizer']} lr {cfg['lr']}, "
+                     f"{plural(cfg['epochs'], 'epoch')}")
     return " · ".join(parts)
 
 
@@ -863,7 +912,7 @@ def run_all(cfg, evaluate=None, force=False, stream=None):
     exercise and when interrupted, so it always covers what finished.
     """
     stream = stream or sys.stdout
-    best = None
+    best = cfg.best_workers  # --best-workers wins over C3's result
     try:
         for name in LAB_ORDER:
             each = exercise_config(name, cfg, evaluate, best)
@@ -874,7 +923,7 @@ def run_all(cfg, evaluate=None, force=False, stream=None):
             else:
                 result = run_exercise(name, each, stream)
                 write_report(cfg)
-            if name == "c3" and result is not None:
+            if name == "c3" and result is not None and cfg.best_workers is None:
                 best = result["best_workers"]
     finally:
         path = write_report(cfg)
@@ -923,8 +972,8 @@ def report_header(cfg, sample):
         ["data set", f"{info.get('name', '-')}: {info.get('note', '-')}"],
         ["training images", info.get("train_images", "-")],
         ["test images", info.get("test_images", "-")],
-        ["slices", "--quick: " + ", ".join(f"{k} {v}" for k, v in QUICK.items())
-         if cfg.quick else "as given on the command line"],
+        ["slices", f"train-size {cfg.train_size or 'all'}, test-size {cfg.test_size or 'all'}, "
+                   f"C3 repeats {cfg.repeats}" + (" (chosen by --quick)" if cfg.quick else "")],
         ["epochs per run", cfg.epochs],
         ["batch size", f"{cfg.batch_size} (test {cfg.test_batch_size})"],
         ["optimizer", f"{cfg.optimizer}, lr {cfg.lr}, weight decay 5e-4"],
@@ -935,9 +984,9 @@ def report_header(cfg, sample):
         ["seed", cfg.seed],
     ]
     return ("# HPML lab report: ResNet-18 on CIFAR-10\n\n"
-            "Every figure below was measured by `python lab.py all` in this run (or an "
-            "earlier run with the same configuration) and read from the results files "
-            "beside this report.\n\n"
+            "Every figure below was measured by this project and read from the results files "
+            "beside this report; the line under each heading names the data, the device and "
+            "the settings of that run.\n\n"
             + markdown_table(["", ""], rows, align="ll") + "\n\n")
 
 
@@ -955,6 +1004,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished epoch is kept in {cfg.out}/", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output went to `head` or a pager that has quit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

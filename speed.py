@@ -273,7 +273,7 @@ def bench(cfg, checkpoint=None):
     images = min(cfg.train_size or sizes["pipeline_images"], sizes["pipeline_images"])
     train_set, _, info = load_datasets(cfg.dataset, cfg.data_path, cfg.seed, train_size=images,
                                        test_size=1)
-    result = {"data": info["name"], "sizes": sizes}
+    result = {"dataset": info, "sizes": sizes}  # the slice bench really used
     with cold_compiles():
         result["step"] = bench_steps(cfg, device, train_set, sizes)
     if checkpoint is not None:
@@ -414,7 +414,7 @@ def c8_compile(cfg, checkpoint=None):
                 "--train-size N for more.")
     train_set, test_set, info = load_datasets(cfg.dataset, cfg.data_path, cfg.seed,
                                               cfg.train_size, cfg.test_size)
-    result = {"note": note, "data": info["name"], "train_images": len(train_set),
+    result = {"note": note, "dataset": info, "train_images": len(train_set),
               "batch_size": cfg.batch_size, "epochs": cfg.epochs, "runs": []}
     with cold_compiles():
         result["compiler_startup_time"] = start_compiler(device)

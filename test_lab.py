@@ -286,21 +286,30 @@ class DataSourceTest(TempDirTest):
         with self.assertRaisesRegex(data.DataError, "cannot be created"):
             data.load_datasets("cifar10", afile / "data")
 
-    def test_image_folder(self):
-        root = self.tmp / "folder"
+    def make_folder(self, root, classes):
         rng = np.random.default_rng(0)
-        for split, count in (("train", 3), ("test", 2)):
-            for name in ("cat", "dog"):
+        for split, count in (("train", 2), ("test", 1)):
+            for name in classes:
                 (root / split / name).mkdir(parents=True)
                 for i in range(count):
                     pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
                     Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+    def test_image_folder(self):
+        root = self.tmp / "folder"
+        self.make_folder(root, data.CIFAR10_CLASSES)
         train_set, test_set, info = data.load_datasets("folder", root)
-        self.assertEqual((info["name"], len(train_set), len(test_set)), ("folder", 6, 4))
-        image, label = train_set[5]
-        self.assertEqual((tuple(image.shape), label), ((3, 32, 32), 1))
+        self.assertEqual((info["name"], len(train_set), len(test_set)), ("folder", 20, 10))
+        image, label = train_set[3]
+        self.assertEqual((tuple(image.shape), label), ((3, 32, 32), 1))  # alphabetical classes
         with self.assertRaisesRegex(data.DataError, "train/<class>"):
             data.load_datasets("folder", self.tmp)
+
+    def test_image_folder_needs_ten_classes(self):
+        root = self.tmp / "two"
+        self.make_folder(root, ["cat", "dog"])
+        with self.assertRaisesRegex(data.DataError, "2 class folders"):
+            data.load_datasets("folder", root)
 
 
 # ------------------------------------------------------------------------------------------
@@ -378,6 +387,9 @@ class CommandLineTest(TempDirTest):
             (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
             (["c1", "--out", str(afile)], "--out"),
             (["c6", "--profile"], "--profile records c2 and c4 only"),
+            (["c4", "--loader", "device"], "--loader device has none"),
+            (["c1", "--seed", "-1"], "--seed must be"),
+            (["c1", "--out", "/proc/no/such"], "cannot be created"),
         ]
         if not torch.cuda.is_available():
             cases.append((["c1", "--device", "cuda"], "no CUDA GPU"))
@@ -481,7 +493,8 @@ class ExperimentsTest(TempDirTest):
     def test_c6_five_optimizers_from_identical_weights(self):
         result = lab.c6_optimizers(self.cfg())
         self.assertEqual(list(result["runs"]), ["sgd", "nesterov", "adagrad", "adadelta", "adam"])
-        self.assertEqual(len({r["initial_weights_sha256"] for r in result["runs"].values()}), 1)
+        hashes = {r["model"]["initial_weights_sha256"] for r in result["runs"].values()}
+        self.assertEqual(len(hashes), 1)
         for run in result["runs"].values():
             for epoch in run["epochs"]:
                 self.assertTrue(epoch["diverged"] or math.isfinite(epoch["train_loss"]))
@@ -494,9 +507,12 @@ class ExperimentsTest(TempDirTest):
 
     def test_c7_model_has_no_batchnorm(self):
         result = lab.c7_without_batchnorm(self.cfg())
-        self.assertEqual(result["runs"]["without_bn"]["batchnorm_layers"], 0)
-        self.assertEqual(result["runs"]["without_bn"]["parameters"], 11_164_362)
-        self.assertEqual(result["runs"]["with_bn"]["batchnorm_layers"], 20)
+        without, with_bn = result["runs"]["without_bn"], result["runs"]["with_bn"]
+        self.assertEqual(without["model"]["batchnorm_layers"], 0)
+        self.assertEqual(without["model"]["parameters"], 11_164_362)
+        self.assertEqual(with_bn["model"]["batchnorm_layers"], 20)
+        self.assertNotEqual(without["model"]["initial_weights_sha256"],
+                            with_bn["model"]["initial_weights_sha256"])
         self.assertEqual(result["batch_norm_source"], "a fresh run")
 
     def test_all_writes_every_section_and_continues_after_an_interrupt(self):

@@ -177,14 +177,17 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
     return 100.0 * correct.item() / max(seen, 1)
 
 
-def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
+def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None, on_model=None):
     """Train a fresh ResNet-18 as `cfg` says; return the per-epoch history.
 
     Stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
-    `profiler` (speed.py's `Profile`) is stepped after every training step.
+    `profiler` (speed.py's `Profile`) is stepped after every training step; `on_model(model)`
+    sees the model before its first step (to fingerprint its initial weights, say).
     """
     device = torch.device(cfg.device)
     step_model, optimizer, scaler = make_training(cfg, device)
+    if on_model is not None:
+        on_model(step_model)
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, device)
     history = []
     for epoch in range(1, cfg.epochs + 1):
