@@ -229,8 +229,8 @@ def _read_cifar10(root):
                 datasets.CIFAR10(root, train=False, transform=test_transform()))
     except RuntimeError:  # torchvision's "Dataset not found or corrupted"
         return None
-    except Exception:  # a truncated pickle that passed the checksum cannot happen; be safe
-        return None
+    except OSError as error:  # present but unreadable: not a case for downloading again
+        raise DataError(f"cannot read CIFAR-10 under {root}: {error}") from None
 
 
 def _download_cifar10(root):

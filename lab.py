@@ -751,11 +751,7 @@ def build_parser():
 def resolve_device(name):
     """The torch device for --device, or UsageError when it is not on this machine."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
+        return gpu_device()[0] or "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available here; use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():

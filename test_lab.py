@@ -482,6 +482,35 @@ class ExperimentsTest(TempDirTest):
         self.assertEqual(result["runs"]["best"]["num_workers"], 0)
         self.assertIn("With 1 worker, the loop waited", lab.render_c4(result))
 
+    def test_c4_explanation_follows_the_numbers(self):
+        def run(data_time, first, train_time):
+            return {"summary": {"data_time": data_time, "first_batch_time": first,
+                                "train_time": train_time,
+                                "epoch_time": data_time + train_time}}
+
+        hidden = lab.explain_c4(run(2.0, 0.1, 10.0), run(0.3, 0.25, 10.0), 4)
+        self.assertIn("With 1 worker, the loop waited 2.000 s", hidden)
+        self.assertIn("Loading is not hidden", hidden)  # 1.9 s after the start: 16%
+        self.assertIn("After the start, loading is hidden", hidden)  # 0.05 s after the start
+        self.assertIn("+1.700 s is in the wait for data and +0.000 s in training", hidden)
+        self.assertIn("stayed within 5%", hidden)
+        contended = lab.explain_c4(run(0.1, 0.05, 12.0), run(0.1, 0.05, 10.0), 4)
+        self.assertIn("changed by 17%", contended)
+        self.assertIn("With no workers the main process loads every batch",
+                      lab.explain_c4(run(1.0, 0.1, 10.0), run(0.5, 0.01, 10.0), 0))
+
+    def test_c3_core_explanation_only_claims_what_was_timed(self):
+        point = lambda n, t, spread=0.1: {"num_workers": n, "median": t, "min": t - spread,
+                                          "max": t + spread}
+        untimed = [point(0, 5.0), point(2, 3.0)]
+        self.assertIn("No count above 2 was timed", lab.explain_cores(untimed, untimed[1], 2))
+        agree = [point(0, 5.0), point(2, 3.0), point(4, 3.5)]
+        self.assertIn("The sweep agrees", lab.explain_cores(agree, agree[1], 2))
+        noisy = [point(0, 5.0), point(2, 3.0, 0.5), point(4, 2.9, 0.5)]
+        self.assertIn("spreads overlap: noise", lab.explain_cores(noisy, noisy[2], 2))
+        busy = [point(0, 5.0), point(2, 3.0), point(8, 2.0)]
+        self.assertIn("8 workers were still 33% faster", lab.explain_cores(busy, busy[2], 2))
+
     def test_c5_without_a_gpu_marks_the_gpu_side_skipped(self):
         with mock.patch.object(lab, "gpu_device", return_value=(None, "no GPU here")):
             result = lab.c5_cpu_vs_gpu(self.cfg(best_workers=0))

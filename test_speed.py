@@ -13,7 +13,6 @@ import unittest
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
