@@ -780,10 +780,6 @@ def parse_args(argv):
         raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file; it must be a folder")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--out {args.out} cannot be created: {error.strerror}") from None
     cfg = Config(
         device=resolve_device(args.device), dataset=args.dataset, data_path=args.data_path,
         train_size=args.train_size, test_size=args.test_size, seed=args.seed,
@@ -986,10 +982,19 @@ def report_header(cfg, sample):
             + markdown_table(["", ""], rows, align="ll") + "\n\n")
 
 
+def make_output_folder(path):
+    """Create the results folder before any work, so a bad --out fails at once."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {path} cannot be created: {error.strerror}") from None
+
+
 def main(argv=None):
     cfg = Config()
     try:
         name, cfg, evaluate, force = parse_args(sys.argv[1:] if argv is None else argv)
+        make_output_folder(cfg.out)
         if name == "all":
             run_all(cfg, evaluate, force)
         else:

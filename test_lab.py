@@ -396,6 +396,8 @@ class CommandLineTest(TempDirTest):
             cases.append((["c1", "--cuda"], "no CUDA GPU"))
         for args, message in cases:
             with self.subTest(args=args):
+                if "--out" not in args:  # keep the checkout free of a results folder
+                    args = [*args, "--out", self.out]
                 status, out, err = run_lab(*args)
                 self.assertEqual(status, 2)
                 self.assertEqual(len(err.strip().splitlines()), 1, err)
@@ -407,7 +409,8 @@ class CommandLineTest(TempDirTest):
         root.mkdir()
         (root / "cifar-10-python.tar.gz").write_bytes(b"half a download")
         with mock.patch.object(data, "_download_cifar10", return_value="offline"):
-            status, _, err = run_lab("c1", "--dataset", "cifar10", "--data-path", str(root))
+            status, _, err = run_lab("c1", "--dataset", "cifar10", "--data-path", str(root),
+                                    "--out", self.out)
         self.assertEqual(status, 2)
         self.assertIn("incomplete or corrupted", err)
 
