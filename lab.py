@@ -30,7 +30,7 @@ from data import DATASETS, DataError, load_datasets, make_loader
 from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_input,
                        q3_sgd_parameters, q4_adam_parameters, render_q1, render_q2, render_q3,
                        render_q4)
-from report import bar_chart, markdown_table, mean, percent, seconds
+from report import bar_chart, markdown_table, mean, percent, plural, seconds
 from resnet import ResNet18
 from speed import bench, c8_compile, profiling, render_bench, render_c8, render_profile
 from train import OPTIMIZERS, fit
@@ -435,10 +435,6 @@ def explain_wait(run, num_workers):
                    "model consumes them.")
 
 
-def plural(count, noun):
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 # ----------------------------------------------------------------------------------------
 # C5, C6 and C7
 
@@ -548,7 +544,11 @@ def c7_without_batchnorm(cfg, checkpoint=None):
 
 
 def _same_training(a, b):
-    """Two configurations train the same way (the output folder aside)."""
+    """Two configurations train the same way (the output folder aside).
+
+    The optimizer is left out because C7 asks whether C6's SGD run, saved under a config
+    naming C6's own --optimizer, matches; the caller picks the SGD run itself.
+    """
     ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers"}
     return {k: v for k, v in a.items() if k not in ignore} == \
         {k: v for k, v in b.items() if k not in ignore}

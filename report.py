@@ -51,6 +51,11 @@ def percent(value):
     return "-" if value is None else f"{value:.1f}%"
 
 
+def plural(count, noun):
+    """The count and the noun, plural unless the count is 1: "1 worker", "2 workers"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None

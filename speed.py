@@ -32,7 +32,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
 from data import DeviceLoader, load_datasets, make_loader
-from report import markdown_table
+from report import markdown_table, plural
 from timing import Timer, synchronize
 from train import fit, make_training, train_one_epoch
 
@@ -535,10 +535,6 @@ def explain_compile(result):
                      "default. max-autotune also benchmarks alternative kernels while it "
                      "compiles: a longer compilation for a step that may be faster.")
     return "\n".join(lines)
-
-
-def plural(count, noun):
-    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _seconds(value):
