@@ -1,21 +1,16 @@
-"""The lab's data pipeline: CIFAR-10, an image folder, or a synthetic stand-in, and the loaders.
+"""The lab's data: CIFAR-10, an image folder or a synthetic stand-in, and the loaders.
 
-    train_set, test_set, info = load_datasets(dataset="auto", data_path="./data", seed=0)
+    train_set, test_set, info = load_datasets("auto", "./data", seed=0)  # info: what was used
     train_loader = make_loader(train_set, batch_size=128, shuffle=True, num_workers=2, seed=0)
-    train_loader = DeviceLoader(train_set, batch_size=128, device="cuda", seed=0)  # --loader device
+    train_loader = DeviceLoader(train_set, batch_size=128, device="cuda")  # --loader device
 
-Sources (`--dataset`):
-- `cifar10`: torchvision's CIFAR-10 under `data_path`, downloaded when missing.
-- `folder`: an image-folder tree, `data_path/train/<class>/*` and `data_path/test/<class>/*`.
-- `synthetic`: CIFAR-shaped images generated in memory from a seed (see `SyntheticCIFAR`).
-- `auto`: CIFAR-10 when it is on disk or can be downloaded, otherwise synthetic.
-
-Every source goes through the same transforms, so the DataLoader does the same work per image.
-`DeviceLoader` is the same pipeline with the data set held on the device and whole batches
-augmented there (`--loader device`).
-Anything wrong with the data raises `DataError`, whose message says how to fix it.
+`--dataset`: cifar10 (downloaded when missing), folder (`data_path/{train,test}/<class>/*`),
+synthetic (generated in memory from a seed), or auto (CIFAR-10 when it can be had, otherwise
+synthetic, and the run says so). Every source goes through the same transforms. Anything wrong
+with the data raises `DataError`, whose message says how to fix it.
 """
 
+import functools
 import os
 import socket
 import sys
@@ -29,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
 DATASETS = ("auto", "cifar10", "folder", "synthetic")
+CIFAR10_TRAIN_IMAGES = 50_000
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 
@@ -137,12 +133,11 @@ def seeded_subset(dataset, size, seed):
     return Subset(dataset, indices[:size].tolist())
 
 
-def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, test_size=None,
-                  download=True):
+def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, test_size=None):
     """Return (train_set, test_set, info); `info` names the data set actually used.
 
     `train_size`/`test_size` take a fixed, seeded subset (synthetic data is generated at that
-    size). With `download=False` a missing CIFAR-10 is not fetched.
+    size).
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -151,7 +146,7 @@ def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, t
     if dataset == "folder":
         train_set, test_set, info = _image_folder(Path(data_path))
     else:
-        found = _cifar10(Path(data_path), download, required=(dataset == "cifar10"))
+        found = _cifar10(Path(data_path), required=(dataset == "cifar10"))
         if found is None:
             return _synthetic(seed, train_size, test_size, note=(
                 f"CIFAR-10 is not under {data_path} and could not be downloaded, so this run "
@@ -161,6 +156,16 @@ def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, t
     info["test_images"] = len(test_set) if test_size is None else test_size
     return (seeded_subset(train_set, train_size, seed),
             seeded_subset(test_set, test_size, seed), info)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_datasets(dataset, data_path, seed, train_size, test_size):
+    return load_datasets(dataset, data_path, seed, train_size, test_size)
+
+
+def datasets_for(cfg):
+    """load_datasets for cfg's data fields, loaded once per process for the same fields."""
+    return _cached_datasets(cfg.dataset, cfg.data_path, cfg.seed, cfg.train_size, cfg.test_size)
 
 
 def _synthetic(seed, train_size, test_size, note):
@@ -193,15 +198,15 @@ def _image_folder(root):
     return train_set, test_set, info
 
 
-def _cifar10(root, download, required):
-    """CIFAR-10 from `root`, downloading it if allowed; None if it is absent and unobtainable."""
+def _cifar10(root, required):
+    """CIFAR-10 from `root`, downloading it when missing; None if it is absent and unobtainable."""
     if root.exists() and not root.is_dir():
         raise DataError(f"--data-path {root} is a file; it must be a folder for CIFAR-10")
     sets = _read_cifar10(root)
     if sets is None:
         files = [root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"]
         partial = [str(path) for path in files if path.exists()]
-        error = "downloading is off" if not download else _download_cifar10(root)
+        error = _download_cifar10(root)
         if error:
             if partial:
                 raise DataError(

@@ -1,47 +1,45 @@
-"""The HPML lab: train ResNet-18 on CIFAR-10 and find out where the time goes.
+"""The HPML lab, as the assignment reads: train ResNet-18 on CIFAR-10, find out where the time goes.
 
     python lab.py c1                      # C1: train 5 epochs with SGD
-    python lab.py c2 --epochs 2           # C2: data-loading, training and total time per epoch
+    python lab.py c3 --max-workers 40     # C3: the DataLoader worker sweep
     python lab.py all --quick             # every exercise on a small slice, and REPORT.md
     python lab.py --help                  # every exercise and option
 
-Each exercise is one function, `cN_...(cfg, checkpoint) -> dict`, that returns plain,
-JSON-ready data and hands each finished epoch to `checkpoint` as it goes. Only the command
-line prints and saves: `<out>/<exercise>.json`, rewritten atomically after every epoch, so
-Ctrl-C keeps what has finished.
+Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
+and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The printing is in
+render.py, the results files and REPORT.md in report.py, the command line in cli.py.
 """
 
-import argparse
-import datetime
-import functools
-import hashlib
+import inspect
+import itertools
+import math
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 import torch
+import torch.nn as nn
 
+import cli
+import render
 import report
-from data import DATASETS, DataError, load_datasets, make_loader
-from questions import (format_summary, model_summary, q1_conv_layers, q2_linear_input,
-                       q3_sgd_parameters, q4_adam_parameters, render_q1, render_q2, render_q3,
-                       render_q4)
-from report import bar_chart, markdown_table, mean, percent, plural, seconds
+from data import DataError, datasets_for, make_loader
+from machine import gpu_device, usable_cores
 from resnet import ResNet18
-from speed import bench, c8_compile, profiling, render_bench, render_c8, render_profile
-from train import OPTIMIZERS, fit
+from speed import bench, c8_compile, profiling
+from train import OPTIMIZERS, fit, make_optimizer, train_step
 
 
 @dataclass
 class Config:
-    """Everything a run depends on; the command line fills it, the exercises only read it."""
+    """Everything a run depends on, with the lab's defaults; the command line fills it in."""
 
     device: str = "cpu"            # resolved: "cpu", "cuda" or "mps"
-    dataset: str = "auto"
+    dataset: str = "auto"          # auto, cifar10, folder or synthetic
     data_path: str = "./data"
     train_size: int = None         # None: the whole training set
     test_size: int = None
@@ -61,135 +59,83 @@ class Config:
     compile: bool = False
     compile_mode: str = None       # torch.compile's mode; None is its default
     loader: str = "torch"          # "torch": the lab's DataLoader; "device": DeviceLoader
-    profile: bool = False          # c2, c4: write a torch.profiler trace to the results folder
+    profile: bool = False          # write a torch.profiler trace to the results folder
     # The worker experiments.
     max_workers: int = None        # C3: sweep 0, 4, ... up to this; None: until no faster
     repeats: int = 3               # C3: timings per worker count (the median is used)
-    best_workers: int = None       # C4, C5: the best worker count, when it is known
-    quick: bool = False            # small slices chosen by --quick
+    best_workers: int = None       # C4-C7: the best worker count, when it is known
+    quick: bool = False            # the small slices below, for a quick run on a CPU
+
+    QUICK: ClassVar[dict] = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
 
 
 # ----------------------------------------------------------------------------------------
-# The data, loaded once per run of the command line
+# C1 and C2: training, and where an epoch's time goes
 
 
-@functools.lru_cache(maxsize=2)
-def _datasets(dataset, data_path, seed, train_size, test_size):
-    return load_datasets(dataset, data_path, seed, train_size, test_size)
+def c1_training(cfg, save=None):
+    """C1: train ResNet-18 for cfg.epochs; per epoch, the average loss and top-1 accuracy."""
+    return training_run(cfg, save)
 
 
-def datasets_for(cfg):
-    """(train_set, test_set, info) for cfg; `info` names the data set actually used."""
-    return _datasets(cfg.dataset, cfg.data_path, cfg.seed, cfg.train_size, cfg.test_size)
+def c2_timing(cfg, save=None):
+    """C2: C1 with, per epoch, the data-loading, training and total time (see timing.py)."""
+    return training_run(cfg, save, trace_name="c2")
 
 
-def summarize(history):
-    """Averages over the epochs of a run (diverged epochs included in the times)."""
-    return {
-        "epochs": len(history),
-        "train_loss": mean(e["train_loss"] for e in history),
-        "train_accuracy": mean(e["train_accuracy"] for e in history),
-        "final_train_loss": history[-1]["train_loss"] if history else None,
-        "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
-        "final_test_accuracy": history[-1]["test_accuracy"] if history else None,
-        "data_time": mean(e["data_time"] for e in history),
-        "train_time": mean(e["train_time"] for e in history),
-        "other_time": mean(e["other_time"] for e in history),
-        "epoch_time": mean(e["epoch_time"] for e in history),
-        "first_batch_time": mean(e["first_batch_time"] for e in history),
-        "diverged_at": next((e["epoch"] for e in history if e["diverged"]), None),
-    }
-
-
-def training_run(cfg, checkpoint=None, label="", trace_name=None):
-    """Train as cfg says; return {"epochs": [...], "summary": {...}}, checkpointing each epoch.
+def training_run(cfg, save=None, label="", trace_name=None):
+    """fit() on cfg's data, save(run) after every epoch; {"model", "epochs", "summary"}.
 
     With cfg.profile and a trace_name, the first steps are recorded into
     <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
     """
-    train_set, test_set, info = datasets_for(cfg)
-    run = {"model": None, "epochs": [], "summary": summarize([])}
-
-    def on_model(model):
-        run["model"] = model_facts(model)
-
-    def on_epoch(history):
-        run["epochs"] = list(history)
-        run["summary"] = summarize(history)
-        if checkpoint is not None:
-            checkpoint(run)
-
-    profiled = cfg.profile and trace_name is not None
-    trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if profiled else None
+    train_set, test_set, _ = datasets_for(cfg)
+    trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if cfg.profile and trace_name else None
     with profiling(trace, cfg.device) as profiler:
-        fit(cfg, train_set, test_set, on_epoch=on_epoch, label=label, profiler=profiler,
-            on_model=on_model)
+        run = fit(cfg, train_set, test_set, on_epoch=save, label=label, profiler=profiler)
     if profiler is not None:
         run["profile"] = profiler.summary()
     return run
 
 
 # ----------------------------------------------------------------------------------------
-# C1 and C2
+# C3: the DataLoader worker sweep
 
 
-def c1_training(cfg, checkpoint=None):
-    """C1: train ResNet-18 for cfg.epochs; per epoch, the average loss and top-1 accuracy."""
-    return training_run(cfg, checkpoint)
+def c3_worker_sweep(cfg, save=None):
+    """C3: time one epoch of data loading for 0, 4, 8, ... workers; the fastest count wins.
 
-
-def render_c1(result):
-    rows = [[e["epoch"], f"{e['train_loss']:.4f}", percent(e["train_accuracy"]),
-             percent(e["test_accuracy"]), seconds(e["epoch_time"])] for e in result["epochs"]]
-    text = markdown_table(["epoch", "train loss", "train top-1", "test top-1", "epoch (s)"], rows)
-    notes = [e for e in result["epochs"] if e["diverged"]]
-    if notes:
-        text += f"\n\nThe loss diverged (NaN or infinite) in epoch {notes[0]['epoch']}."
-    return text
-
-
-def c2_timing(cfg, checkpoint=None):
-    """C2: C1 with, per epoch, the data-loading, training and total time."""
-    return training_run(cfg, checkpoint, trace_name="c2")
-
-
-def render_c2(result):
-    epochs = result["epochs"]
-    rows = [[e["epoch"], seconds(e["data_time"]), seconds(e["train_time"]),
-             seconds(e["other_time"]), seconds(e["epoch_time"]), _share(e)] for e in epochs]
-    if epochs:
-        s = result["summary"]
-        rows.append(["mean", seconds(s["data_time"]), seconds(s["train_time"]),
-                     seconds(s["other_time"]), seconds(s["epoch_time"]), _share(s)])
-    text = markdown_table(["epoch", "data (s)", "train (s)", "other (s)", "total (s)",
-                           "data+train"], rows)
-    text += (
-        "\n\ndata: time blocked waiting for the next batch (worker start-up included); "
-        "train: copy to the device, forward, loss, backward and optimizer step, device "
-        "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
-        "(the Python loop and the progress line). data+train is their share of the total.")
-    if "profile" in result:  # --profile
-        text += ("\n\nWith --profile the profiler records the first steps of epoch 1, which "
-                 "slows them: compare epochs after the first.\n\n"
-                 + render_profile(result["profile"]))
-    return text
-
-
-def _share(figures):
-    """The share of the epoch that data loading and training account for, as a percentage."""
-    return percent(100.0 * (figures["data_time"] + figures["train_time"]) / figures["epoch_time"])
-
-
-# ----------------------------------------------------------------------------------------
-# C3 and C4: DataLoader workers
-
-
-def usable_cores():
-    """The CPU cores this process may run on (what worker processes can actually share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no sched_getaffinity
-        return os.cpu_count() or 1
+    Without cfg.max_workers the sweep stops at the first of 0, 4, 8, ... that is not faster
+    than the one before (the assignment's rule); with it, every count up to cfg.max_workers
+    is timed. The usable core count joins as an extra point when it is not a multiple of 4
+    (2 on a 2-core machine), since that is where adding workers should stop paying. Each
+    count is timed cfg.repeats times and ranked by the median.
+    """
+    cores = usable_cores()
+    top = cfg.max_workers if cfg.max_workers is not None else 4 * max(cores, 16)
+    counts = sorted(set(range(0, top + 1, 4)) | ({cores} if cores <= top else set()))
+    result = {"cores": cores, "max_workers": cfg.max_workers, "repeats": cfg.repeats,
+              "points": [], "best_workers": None, "stopped_because": None}
+    for num_workers in counts:
+        times = sorted(loader_epoch_time(cfg, num_workers) for _ in range(cfg.repeats))
+        point = {"num_workers": num_workers, "median": statistics.median(times),
+                 "min": times[0], "max": times[-1], "times": times}
+        print(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
+              f"(min {point['min']:.3f}, max {point['max']:.3f})", file=sys.stderr, flush=True)
+        # The stop rule follows 0, 4, 8, ...; the core count is an extra point beside them.
+        on_the_rule = [p for p in result["points"] if p["num_workers"] % 4 == 0]
+        previous = on_the_rule[-1] if on_the_rule and num_workers % 4 == 0 else None
+        result["points"].append(point)
+        result["best_workers"] = min(result["points"], key=lambda p: p["median"])["num_workers"]
+        if save is not None:
+            save(result)
+        if cfg.max_workers is None and previous and point["median"] >= previous["median"]:
+            result["stopped_because"] = (f"{num_workers} workers were not faster than "
+                                         f"{previous['num_workers']}")
+            break
+    else:
+        result["stopped_because"] = "every count asked for was timed"
+    return result
 
 
 def loader_epoch_time(cfg, num_workers):
@@ -209,106 +155,18 @@ def loader_epoch_time(cfg, num_workers):
         return time.perf_counter() - start
 
 
-def c3_worker_sweep(cfg, checkpoint=None):
-    """C3: time one epoch of data loading for 0, 4, 8, ... workers; the fastest count wins.
+# ----------------------------------------------------------------------------------------
+# C4 and C5: one worker against the best count; the CPU against the GPU
 
-    Without cfg.max_workers the sweep stops at the first of 0, 4, 8, ... that is not faster
-    than the one before (the assignment's rule); with it, every count up to cfg.max_workers
-    is timed. The machine's core count joins the sweep as an extra point when it is not a
-    multiple of 4 (2 on a 2-core machine), since that is where adding workers should stop
-    paying. Each count is timed cfg.repeats times and ranked by the median.
-    """
-    cores = usable_cores()
-    top = cfg.max_workers if cfg.max_workers is not None else 4 * max(cores, 16)
-    counts = sorted(set(range(0, top + 1, 4)) | ({cores} if cores <= top else set()))
-    result = {"cores": cores, "max_workers": cfg.max_workers, "repeats": cfg.repeats,
-              "points": [], "best_workers": None, "stopped_because": None}
-    for num_workers in counts:
-        times = sorted(loader_epoch_time(cfg, num_workers) for _ in range(cfg.repeats))
-        point = {"num_workers": num_workers, "median": statistics.median(times),
-                 "min": times[0], "max": times[-1], "times": times}
-        print(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
-              f"(min {point['min']:.3f}, max {point['max']:.3f})", file=sys.stderr, flush=True)
-        # The stop rule follows 0, 4, 8, ...; the core count is an extra point beside them.
-        on_the_rule = [p for p in result["points"] if p["num_workers"] % 4 == 0]
-        previous = on_the_rule[-1] if on_the_rule and num_workers % 4 == 0 else None
-        result["points"].append(point)
-        result["best_workers"] = min(result["points"], key=lambda p: p["median"])["num_workers"]
-        if checkpoint is not None:
-            checkpoint(result)
-        if cfg.max_workers is None and previous and point["median"] >= previous["median"]:
-            result["stopped_because"] = (f"{num_workers} workers were not faster than "
-                                         f"{previous['num_workers']}")
-            break
-    else:
-        result["stopped_because"] = "every count asked for was timed"
+
+def c4_workers_compared(cfg, save=None):
+    """C4: C2 with 1 worker and with the best count, side by side."""
+    best, source = best_worker_count(cfg)
+    result = {"best_workers": best, "best_source": source, "runs": {}}
+    train_runs(result, save, [
+        ("one_worker", replace(cfg, num_workers=1), "1 worker, ", "c4-1-worker"),
+        ("best", replace(cfg, num_workers=best), f"{best} workers, ", f"c4-{best}-workers")])
     return result
-
-
-def render_c3(result):
-    points = result["points"]
-    best = result["best_workers"]
-    rows = [[p["num_workers"], seconds(p["median"]), f"{p['min']:.3f}-{p['max']:.3f}",
-             "best" if p["num_workers"] == best else ""] for p in points]
-    text = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", ""],
-                          rows, align="rrrl")
-    chart = bar_chart([f"{p['num_workers']} workers" for p in points],
-                      [p["median"] for p in points], mark=f"{best} workers")
-    text += f"\n\nOne epoch of data loading (no model), median of {result['repeats']} runs:\n\n"
-    text += "```\n" + chart + "\n```\n"
-    if not points:
-        return text
-    winner = next(p for p in points if p["num_workers"] == best)
-    text += (f"\nBest: **{best} workers**, {winner['median']:.3f} s per epoch. "
-             f"The sweep stopped because {result['stopped_because']}.")
-    close = [p for p in points if p is not winner and p["min"] <= winner["max"]]
-    if close:
-        text += (" Within the noise of the best (their spreads overlap): "
-                 + ", ".join(str(p["num_workers"]) for p in close) + " workers.")
-    text += "\n\n" + explain_cores(points, winner, result["cores"])
-    return text
-
-
-def explain_cores(points, winner, cores):
-    """What the core count means for the sweep, checked against the measured times."""
-    text = (f"This machine gives the program {cores} CPU cores. Each worker is a process that "
-            "needs a core to decode and augment images, and the main process needs one too, "
-            f"so beyond {cores} workers the processes share the same cores.")
-    at_cores = next((p for p in points if p["num_workers"] >= cores), None)
-    if at_cores is None or not any(p["num_workers"] > at_cores["num_workers"] for p in points):
-        return text + f" No count above {cores} was timed in this sweep."
-    if winner["num_workers"] <= at_cores["num_workers"]:
-        return text + " The sweep agrees: no count above that was faster."
-    gain = 100 * (1 - winner["median"] / at_cores["median"])
-    if winner["max"] >= at_cores["min"]:
-        return text + (f" The {winner['num_workers']}-worker median is {gain:.0f}% below the "
-                       f"{at_cores['num_workers']}-worker one, but their spreads overlap: noise.")
-    return text + (f" Here {winner['num_workers']} workers were still {gain:.0f}% faster than "
-                   f"{at_cores['num_workers']}. Workers that wait (on a disk, say) leave their "
-                   "core to others, and with other programs busy on the same cores, more "
-                   "processes win a larger share of them; neither adds computing power.")
-
-
-def c3_chart_png(result, path):
-    """Save C3's chart as a PNG where matplotlib happens to be installed; True if saved."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    points = result["points"]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.errorbar([p["num_workers"] for p in points], [p["median"] for p in points],
-                  yerr=[[p["median"] - p["min"] for p in points],
-                        [p["max"] - p["median"] for p in points]], marker="o", capsize=3)
-    axes.set_xlabel("DataLoader workers")
-    axes.set_ylabel("seconds per epoch (median)")
-    axes.set_title("C3: data loading time against workers")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
 
 
 def best_worker_count(cfg):
@@ -325,130 +183,25 @@ def best_worker_count(cfg):
     return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
 
 
-def run_into(result, key, cfg, checkpoint, label="", trace_name=None):
-    """Train as cfg says, keeping the run in result["runs"][key] after every epoch."""
-    def save(run):
-        result["runs"][key] = {"num_workers": cfg.num_workers, "device": cfg.device,
-                               "optimizer": cfg.optimizer, "batch_norm": cfg.batch_norm, **run}
-        if checkpoint is not None:
-            checkpoint(result)
+def train_runs(result, save, runs):
+    """Train each (key, cfg, label, trace name) in turn into result["runs"][key].
 
-    save(training_run(cfg, save, label, trace_name))
-    return result["runs"][key]
+    After every epoch the run so far is put in its place and the whole result saved.
+    """
+    for key, cfg, label, trace_name in runs:
+        facts = {"num_workers": cfg.num_workers, "device": cfg.device,
+                 "optimizer": cfg.optimizer, "batch_norm": cfg.batch_norm}
 
+        def keep(run, key=key, facts=facts):
+            result["runs"][key] = {**facts, **run}
+            if save is not None:
+                save(result)
 
-def model_facts(model):
-    """What a run's model is before its first step: size, BatchNorm layers, weights' hash."""
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "batchnorm_layers": sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()),
-        "initial_weights_sha256": digest.hexdigest()[:16],
-    }
-
-
-def c4_workers_compared(cfg, checkpoint=None):
-    """C4: C2 with 1 worker and with the best count, side by side."""
-    best, source = best_worker_count(cfg)
-    result = {"best_workers": best, "best_source": source, "runs": {}}
-    run_into(result, "one_worker", replace(cfg, num_workers=1), checkpoint, "1 worker, ",
-             trace_name="c4-1-worker")
-    run_into(result, "best", replace(cfg, num_workers=best), checkpoint, f"{best} workers, ",
-             trace_name=f"c4-{best}-workers")
+        keep(training_run(cfg, keep, label, trace_name))
     return result
 
 
-def render_c4(result):
-    runs = result["runs"]
-    names = {"one_worker": "1 worker", "best": f"{result['best_workers']} workers (best)"}
-    rows = []
-    for key, run in runs.items():
-        for e in run["epochs"]:
-            rows.append([names[key], e["epoch"], seconds(e["data_time"]),
-                         seconds(e["first_batch_time"]), seconds(e["train_time"]),
-                         seconds(e["epoch_time"])])
-        s = run["summary"]
-        if run["epochs"]:
-            rows.append([names[key], "mean", seconds(s["data_time"]),
-                         seconds(s["first_batch_time"]),
-                         seconds(s["train_time"]), seconds(s["epoch_time"])])
-    text = markdown_table(["workers", "epoch", "data (s)", "of which first batch (s)",
-                           "train (s)", "total (s)"], rows, align="lrrrrr")
-    text += f"\n\nThe best count, {result['best_workers']}, comes from {result['best_source']}."
-    if "one_worker" in runs and "best" in runs and runs["best"]["epochs"]:
-        text += "\n\n" + explain_c4(runs["one_worker"], runs["best"], result["best_workers"])
-    for key, run in runs.items():
-        if "profile" in run:
-            text += f"\n\nProfile, {names[key]}:\n\n" + render_profile(run["profile"])
-    return text
-
-
-def explain_c4(one, best, best_workers):
-    """C4's explanation, every figure in it read from the two runs."""
-    lines = [explain_wait(one, 1)]
-    if best_workers != 1:
-        lines.append(explain_wait(best, best_workers))
-    a, b = one["summary"], best["summary"]
-    speedup = a["epoch_time"] / b["epoch_time"]
-    lines.append(f"- Per epoch, {plural(best_workers, 'worker')} took {b['epoch_time']:.3f} s "
-                 f"against {a['epoch_time']:.3f} s with 1 worker ({speedup:.2f}x as fast). "
-                 f"Of the difference of {a['epoch_time'] - b['epoch_time']:+.3f} s, "
-                 f"{a['data_time'] - b['data_time']:+.3f} s is in the wait for data and "
-                 f"{a['train_time'] - b['train_time']:+.3f} s in training.")
-    train_change = abs(a["train_time"] - b["train_time"]) / max(a["train_time"], b["train_time"])
-    if train_change > 0.05:
-        lines.append(f"- The training time itself changed by {100 * train_change:.0f}%, though the "
-                     "training work is the same: worker processes run on the same CPU cores as "
-                     "the training (on a CPU) or its host-side work (on a GPU) and take turns "
-                     "with it, and other programs on the machine do too.")
-    else:
-        lines.append("- The training time stayed within 5%: the workers change only how long "
-                     "the loop waits for data.")
-    return "\n".join(lines)
-
-
-def explain_wait(run, num_workers):
-    """One line on how long a run waited for data, and why, from its figures.
-
-    The first batch of an epoch waits for the workers to start, so whether loading keeps up
-    is judged on the rest of the wait.
-    """
-    s = run["summary"]
-    share = 100 * s["data_time"] / s["epoch_time"]
-    line = (f"- With {plural(num_workers, 'worker')}, the loop waited {s['data_time']:.3f} s "
-            f"per epoch for data ({share:.1f}% of the epoch). ")
-    if num_workers == 0:
-        return line + ("With no workers the main process loads every batch itself, between "
-                       "training steps: nothing is hidden, and the wait is the whole cost of "
-                       "reading, augmenting and collating the images.")
-    first = s["first_batch_time"]
-    steady = s["data_time"] - first
-    line += (f"{first:.3f} s of it is the first batch of each epoch, which includes starting "
-             f"the worker processes afresh; the other batches waited {steady:.3f} s in all "
-             f"({100 * steady / s['epoch_time']:.1f}% of the epoch). ")
-    if steady / s["epoch_time"] < 0.05:
-        return line + ("After the start, loading is hidden behind compute: the workers prepare "
-                       "the next batches while the model trains.")
-    return line + ("Loading is not hidden: the workers do not prepare batches as fast as the "
-                   "model consumes them.")
-
-
-# ----------------------------------------------------------------------------------------
-# C5, C6 and C7
-
-
-def gpu_device():
-    """("cuda" or "mps", its name), or (None, why there is none)."""
-    if torch.cuda.is_available():
-        return "cuda", torch.cuda.get_device_name()
-    if torch.backends.mps.is_available():
-        return "mps", "Apple MPS"
-    return None, f"torch {torch.__version__} finds no CUDA or MPS device on this machine"
-
-
-def c5_cpu_vs_gpu(cfg, checkpoint=None):
+def c5_cpu_vs_gpu(cfg, save=None):
     """C5: average epoch time on the CPU and on the GPU with the best worker count."""
     best, source = best_worker_count(cfg)
     gpu, gpu_name = gpu_device()
@@ -456,131 +209,156 @@ def c5_cpu_vs_gpu(cfg, checkpoint=None):
               "gpu": {"device": gpu, "name": gpu_name if gpu else None,
                       "skipped": None if gpu else gpu_name},
               "speedup": None}
-    run_into(result, "cpu", replace(cfg, device="cpu", num_workers=best), checkpoint, "cpu, ")
+    runs = [("cpu", replace(cfg, device="cpu", num_workers=best), "cpu, ", None)]
     if gpu is not None:
-        run_into(result, "gpu", replace(cfg, device=gpu, num_workers=best), checkpoint,
-                 f"{gpu}, ")
+        runs.append(("gpu", replace(cfg, device=gpu, num_workers=best), f"{gpu}, ", None))
+    train_runs(result, save, runs)
+    if gpu is not None:
         result["speedup"] = (result["runs"]["cpu"]["summary"]["epoch_time"]
                              / result["runs"]["gpu"]["summary"]["epoch_time"])
     return result
 
 
-def render_c5(result):
-    rows = []
-    for key, run in result["runs"].items():
-        s = run["summary"]
-        name = "CPU" if key == "cpu" else f"GPU ({result['gpu']['name']})"
-        rows.append([name, s["epochs"], seconds(s["epoch_time"]), seconds(s["train_time"]),
-                     seconds(s["data_time"])])
-    if result["gpu"]["skipped"]:
-        rows.append(["GPU", "-", "skipped", "-", "-"])
-    text = markdown_table(["device", "epochs", "mean epoch (s)", "mean train (s)",
-                           "mean data (s)"], rows)
-    text += f"\n\nBoth with {result['best_workers']} workers (from {result['best_source']})."
-    if result["speedup"] is not None:
-        speedup = result["speedup"]
-        text += (f" The GPU is **{speedup:.1f}x** faster per epoch than the CPU" if speedup >= 1
-                 else f" The GPU is **{1 / speedup:.1f}x slower** per epoch than the CPU")
-        text += " (mean epoch time over the epochs)."
-    else:
-        text += f" The GPU run was skipped: {result['gpu']['skipped']}."
-    return text
+# ----------------------------------------------------------------------------------------
+# C6 and C7: five optimizers; without BatchNorm
 
 
-def c6_optimizers(cfg, checkpoint=None):
+def c6_optimizers(cfg, save=None):
     """C6: the five optimizers from the same initial weights and the same data order."""
     result = {"optimizers": list(OPTIMIZERS), "lr": cfg.lr, "seed": cfg.seed, "runs": {}}
-    for name in OPTIMIZERS:
-        run_into(result, name, replace(cfg, optimizer=name), checkpoint, f"{name}, ")
-    return result
+    return train_runs(result, save, [(name, replace(cfg, optimizer=name), f"{name}, ", None)
+                                     for name in OPTIMIZERS])
 
 
-def render_c6(result):
-    rows, epoch_rows = [], []
-    for name, run in result["runs"].items():
-        s = run["summary"]
-        status = f"diverged in epoch {s['diverged_at']}" if s["diverged_at"] else ""
-        rows.append([name, seconds(s["train_time"]), _loss(s["train_loss"]),
-                     percent(s["train_accuracy"]), _loss(s["final_train_loss"]),
-                     percent(s["final_train_accuracy"]), status])
-        for e in run["epochs"]:
-            epoch_rows.append([name, e["epoch"], seconds(e["train_time"]), _loss(e["train_loss"]),
-                               percent(e["train_accuracy"]), "diverged" if e["diverged"] else ""])
-    text = markdown_table(["optimizer", "mean train (s)", "mean loss", "mean top-1",
-                           "last loss", "last top-1", ""], rows, align="lrrrrrl")
-    text += "\n\nPer epoch:\n\n" + markdown_table(
-        ["optimizer", "epoch", "train (s)", "loss", "top-1", ""], epoch_rows, align="lrrrrl")
-    fingerprints = sorted({run["model"]["initial_weights_sha256"]
-                           for run in result["runs"].values() if run["model"]})
-    text += "\n\n" + (
-        f"All runs start from the same initial weights (SHA-256 prefix {fingerprints[0]})"
-        if len(fingerprints) == 1 else
-        f"The runs did NOT start from the same weights: {', '.join(fingerprints)}")
-    text += (f"; all see the same data order (seed {result['seed']}); lr {result['lr']} and "
-             "weight decay 5e-4 for all, momentum 0.9 for the two SGDs.")
-    return text
-
-
-def _loss(value):
-    return "-" if value is None else f"{value:.4f}"
-
-
-def c7_without_batchnorm(cfg, checkpoint=None):
+def c7_without_batchnorm(cfg, save=None):
     """C7: SGD without BatchNorm, against the same run with it (C6's SGD run when it matches)."""
     cfg = replace(cfg, optimizer="sgd")
     result = {"runs": {}, "batch_norm_source": "a fresh run"}
+    train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
     c6 = report.read_json(os.path.join(cfg.out, "c6.json"))
-    reusable = (c6 and c6.get("complete") and "sgd" in c6.get("runs", {})
-                and _same_training(c6["config"], asdict(replace(cfg, batch_norm=True))))
-    run_into(result, "without_bn", replace(cfg, batch_norm=False), checkpoint, "no BN, ")
-    if reusable:
+    if (c6 and c6.get("complete") and "sgd" in c6.get("runs", {})
+            and same_training(c6["config"], asdict(replace(cfg, batch_norm=True)))):
         result["runs"]["with_bn"] = c6["runs"]["sgd"]
         result["batch_norm_source"] = "C6's SGD run (same configuration)"
-        if checkpoint is not None:
-            checkpoint(result)
+        if save is not None:
+            save(result)
     else:
-        run_into(result, "with_bn", replace(cfg, batch_norm=True), checkpoint, "with BN, ")
+        train_runs(result, save, [("with_bn", replace(cfg, batch_norm=True), "with BN, ", None)])
     return result
 
 
-def _same_training(a, b):
-    """Two configurations train the same way (the output folder aside).
+def same_training(a, b):
+    """Two configurations (as dicts) train the same way.
 
     The optimizer is left out because C7 asks whether C6's SGD run, saved under a config
     naming C6's own --optimizer, matches; the caller picks the SGD run itself.
     """
     ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers"}
-    return {k: v for k, v in a.items() if k not in ignore} == \
-        {k: v for k, v in b.items() if k not in ignore}
+    return ({k: v for k, v in a.items() if k not in ignore}
+            == {k: v for k, v in b.items() if k not in ignore})
 
 
-def render_c7(result):
-    names = {"with_bn": "with BatchNorm", "without_bn": "without BatchNorm"}
+# ----------------------------------------------------------------------------------------
+# The model summary: a hand-written counter in place of torchsummary
+
+MB = 1024 ** 2
+
+
+def model_summary(model, input_size=(3, 32, 32), batch_size=-1, print_table=True, file=None):
+    """Run one dummy batch through `model`, list its layers, count its parameters, estimate memory.
+
+    input_size is one sample's shape, or a list of shapes for a model with several inputs;
+    batch_size is what the table shows as the first dimension (-1: any, sized as one sample).
+    Returns a JSON-ready dict: `rows` (one per layer call: layer, type, index, name,
+    output_shape, params, trainable_params, output_bytes) and the totals. Prints the table
+    unless print_table is False; `file` redirects it. Where torchsummary 1.5.1 miscounts,
+    this one does not: README.md lists the cases and test_lab.py proves each.
+    """
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    input_sizes = [input_size] if isinstance(input_size[0], int) else list(input_size)
+    generator = torch.Generator().manual_seed(0)  # its own: the caller's random stream stays put
+    inputs = [torch.rand(2, *size, generator=generator).to(device, dtype)  # (2, C, H, W)
+              for size in input_sizes]
+    batch = 1 if batch_size == -1 else batch_size  # torchsummary sizes "any batch" as one sample
+    names = {module: name for name, module in model.named_modules()}
+    counted = set()  # ids of the parameters already in a row: a shared one is counted once
     rows = []
-    for key in ("with_bn", "without_bn"):
-        run = result["runs"].get(key)
-        if run is None:
-            continue
-        s = run["summary"]
-        rows.append([names[key], run["model"]["batchnorm_layers"],
-                     f"{run['model']['parameters']:,}",
-                     _loss(s["train_loss"]), percent(s["train_accuracy"]),
-                     _loss(s["final_train_loss"]), percent(s["final_train_accuracy"]),
-                     seconds(s["train_time"]), seconds(s["epoch_time"])])
-    text = markdown_table(["model", "BN layers", "parameters", "mean loss", "mean top-1",
-                           "last loss", "last top-1", "train/epoch (s)", "epoch (s)"], rows)
-    text += f"\n\nThe BatchNorm run is {result['batch_norm_source']}."
-    if len(rows) == 2:
-        with_bn = result["runs"]["with_bn"]["summary"]
-        without = result["runs"]["without_bn"]["summary"]
-        text += (f" Without BatchNorm the mean training loss is {without['train_loss']:.4f} "
-                 f"against {with_bn['train_loss']:.4f}, the mean top-1 accuracy "
-                 f"{without['train_accuracy']:.1f}% against {with_bn['train_accuracy']:.1f}%, "
-                 f"and an epoch's training takes {without['train_time']:.3f} s against "
-                 f"{with_bn['train_time']:.3f} s.")
-        if without["diverged_at"]:
-            text += f" Without BatchNorm the loss diverged in epoch {without['diverged_at']}."
-    return text
+
+    def record(module, args, output):
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+        counted.update(id(p) for p in own)
+        rows.append({"layer": f"{type(module).__name__}-{len(rows) + 1}",
+                     "type": type(module).__name__, "index": len(rows) + 1,
+                     "name": names[module], "output_shape": output_shape(output, batch_size),
+                     "params": sum(p.numel() for p in own),
+                     "trainable_params": sum(p.numel() for p in own if p.requires_grad),
+                     "output_bytes": output_bytes(output, batch)})
+
+    # torchsummary's choice of rows: every module but the model and its plain containers.
+    layers = [m for m in model.modules()
+              if m is not model and not isinstance(m, (nn.Sequential, nn.ModuleList))]
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()  # BatchNorm uses, and leaves alone, its running statistics
+        with torch.no_grad():  # only shapes are wanted; no graph, no gradients
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, training in was_training.items():
+            module.training = training  # per module: a model may mix train and eval parts
+    summary = summary_totals(model, rows, counted, input_sizes, batch, inputs[0].element_size())
+    if print_table:
+        print(render.format_summary(summary), file=file)
+    return summary
+
+
+def summary_totals(model, rows, counted, input_sizes, batch, element_size):
+    """The summary's totals: each parameter once, however often it is shared; sizes in MB."""
+    parameters = list(model.parameters())
+    total = sum(p.numel() for p in parameters)
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    input_bytes = sum(math.prod(size) * batch * element_size for size in input_sizes)
+    forward_backward_bytes = 2 * sum(row["output_bytes"] for row in rows)  # outputs and grads
+    params_bytes = sum(p.numel() * p.element_size() for p in parameters)
+    return {
+        "rows": rows,
+        "total_params": total,
+        "trainable_params": trainable,
+        "non_trainable_params": total - trainable,
+        "unlisted_params": {name: p.numel() for name, p in model.named_parameters()
+                            if id(p) not in counted},
+        "input_size_mb": input_bytes / MB,
+        "forward_backward_size_mb": forward_backward_bytes / MB,
+        "params_size_mb": params_bytes / MB,
+        "total_size_mb": (input_bytes + forward_backward_bytes + params_bytes) / MB,
+    }
+
+
+def output_shape(output, batch_size):
+    """A layer's output shape as the table shows it: first dimension the batch, containers kept."""
+    if isinstance(output, torch.Tensor):
+        return [batch_size, *output.shape[1:]] if output.dim() > 0 else []
+    if isinstance(output, (tuple, list)):
+        return [output_shape(item, batch_size) for item in output]
+    if isinstance(output, dict):
+        return {str(key): output_shape(value, batch_size) for key, value in output.items()}
+    return None  # not a tensor: nothing kept for the backward pass
+
+
+def output_bytes(output, batch):
+    """Bytes of every tensor in a layer's output, for `batch` samples."""
+    if isinstance(output, torch.Tensor):
+        per_sample = math.prod(output.shape[1:]) * batch if output.dim() > 0 else 1
+        return per_sample * output.element_size()
+    if isinstance(output, (tuple, list)):
+        return sum(output_bytes(item, batch) for item in output)
+    if isinstance(output, dict):
+        return sum(output_bytes(value, batch) for value in output.values())
+    return 0
 
 
 def resnet_summary(cfg):
@@ -589,417 +367,215 @@ def resnet_summary(cfg):
     return model_summary(model, (3, 32, 32), batch_size=-1, print_table=False)
 
 
-def render_summary(result):
-    return "```\n" + format_summary(result) + "\n```"
+# ----------------------------------------------------------------------------------------
+# Q1-Q4: the questions, answered from the model
+
+
+def q1_conv_layers(cfg):
+    """Q1: how many convolutional layers ResNet-18 has, counted from the model."""
+    return {"batch_norm": cfg.batch_norm, **conv_layers(ResNet18(batch_norm=cfg.batch_norm))}
+
+
+def conv_layers(model):
+    """Every nn.Conv2d in the model, split into the main path and the shortcuts."""
+    convs = [{"name": name, "kernel": "x".join(str(k) for k in module.kernel_size),
+              "in_channels": module.in_channels, "out_channels": module.out_channels,
+              "stride": module.stride[0],
+              "path": "shortcut" if "shortcut" in name.split(".") else "main"}
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    kernels = {}
+    for conv in convs:
+        kernels[conv["kernel"]] = kernels.get(conv["kernel"], 0) + 1
+    main_path = sum(conv["path"] == "main" for conv in convs)
+    linear = sum(isinstance(module, nn.Linear) for module in model.modules())
+    return {
+        "conv_layers": len(convs),
+        "by_kernel": kernels,
+        "main_path_convs": main_path,
+        "shortcut_convs": len(convs) - main_path,
+        "linear_layers": linear,
+        "weighted_layers_on_main_path": main_path + linear,  # what the "18" counts
+        "convs": convs,
+    }
+
+
+def q2_linear_input(cfg):
+    """Q2: the input dimension of the last linear layer, measured by a forward pass."""
+    torch.manual_seed(cfg.seed)
+    model = ResNet18(batch_norm=cfg.batch_norm).to(cfg.device)
+    return {"batch_norm": cfg.batch_norm, **linear_input(model)}
+
+
+def linear_input(model, input_size=(3, 32, 32)):
+    """Measure, by a forward pass, the input of the last nn.Linear and the last conv's output."""
+    device = next(model.parameters()).device
+    linear_name, linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    conv_names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    seen = {}
+
+    def remember_conv(module, args, output):
+        seen["conv"] = (conv_names[module], list(output.shape))  # the last one to run wins
+
+    def remember_linear_input(module, args):
+        seen["linear"] = list(args[0].shape)
+
+    hooks = [m.register_forward_hook(remember_conv) for m in conv_names]
+    hooks.append(linear.register_forward_pre_hook(remember_linear_input))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.randn(2, *input_size, device=device))  # (2, 3, 32, 32)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    conv_name, feature_map = seen["conv"]
+    return {
+        "linear_layer": linear_name,
+        "input_dimension": seen["linear"][-1],
+        "measured_input_shape": seen["linear"],        # (N, features)
+        "in_features": linear.in_features,             # what the layer was built with
+        "last_conv": conv_name,
+        "last_feature_map_shape": feature_map,         # (N, C, H, W)
+        "flattened_feature_map": math.prod(feature_map[1:]),
+    }
+
+
+def q3_sgd_parameters(cfg):
+    """Q3: trainable parameters and gradients with SGD, and the state SGD keeps."""
+    return one_training_step(cfg, "sgd")
+
+
+def q4_adam_parameters(cfg):
+    """Q4: trainable parameters and gradients with Adam, and the state Adam keeps."""
+    return one_training_step(cfg, "adam")
+
+
+def one_training_step(cfg, optimizer_name):
+    """Build the model, take one real step with the lab's optimizer, and count."""
+    torch.manual_seed(cfg.seed)
+    model = ResNet18(batch_norm=cfg.batch_norm).to(cfg.device)
+    optimizer = make_optimizer(optimizer_name, model.parameters(), lr=cfg.lr)
+    # Random images: the counts depend on the shapes, not on the pixels.
+    images = torch.randn(2, 3, 32, 32, device=cfg.device)   # (N, 3, 32, 32)
+    labels = torch.randint(0, 10, (2,), device=cfg.device)  # (N,)
+    model.train()
+    train_step(model, optimizer, nn.CrossEntropyLoss(), images, labels)
+    counts = count_parameters_and_gradients(model)  # now: the next zero_grad drops the gradients
+    state = count_optimizer_state(optimizer)
+    summary = model_summary(model, print_table=False)
+    return {
+        "batch_norm": cfg.batch_norm,
+        "optimizer": type(optimizer).__name__,
+        "settings": {key: list(value) if isinstance(value, tuple) else value  # betas: JSON list
+                     for key, value in optimizer.defaults.items()
+                     if key in ("lr", "momentum", "weight_decay", "betas")},
+        **counts,
+        "optimizer_state": state,
+        # A kind of state with as many numbers as there are weights is one number per weight.
+        "per_weight_state": [key for key, entry in state.items()
+                             if entry["elements"] == counts["trainable_parameters"]],
+        "summary_totals": {key: summary[key] for key in
+                           ("total_params", "trainable_params", "non_trainable_params")},
+        "code": "\n\n".join(inspect.getsource(function).rstrip() for function in
+                            (train_step, count_parameters_and_gradients, count_optimizer_state)),
+    }
+
+
+def count_parameters_and_gradients(model):
+    """Trainable parameters, and gradient elements as they sit in `.grad` after backward()."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "parameter_tensors": len(trainable),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "gradient_tensors": sum(p.grad is not None for p in trainable),
+        "gradients": sum(p.grad.numel() for p in trainable if p.grad is not None),
+    }
+
+
+def count_optimizer_state(optimizer):
+    """What the optimizer keeps between steps, per kind: how many tensors, how many numbers."""
+    state = {}
+    for per_parameter in optimizer.state.values():
+        for key, value in per_parameter.items():
+            entry = state.setdefault(key, {"tensors": 0, "elements": 0})
+            entry["tensors"] += 1
+            entry["elements"] += value.numel() if torch.is_tensor(value) else 1
+    return state
 
 
 # ----------------------------------------------------------------------------------------
-# The command line
+# The exercises by name, and the command line
 
 
-@dataclass
+@dataclass(frozen=True)
 class Exercise:
+    """An exercise and its properties; every per-exercise rule reads these, never a list of names."""
+
     title: str
-    run: callable                  # run(cfg, checkpoint) -> dict
-    render: callable               # render(result) -> Markdown text
+    run: callable                  # run(cfg, save) -> dict; run(cfg) if not saves_progress
+    render: callable               # render(result) -> Markdown
     uses_data: bool = True         # loads the lab's data set, named before it runs
-    checkpoints: bool = True       # run takes a checkpoint(partial) callback
-    evaluate: bool = False         # test accuracy on by default
+    saves_progress: bool = True    # run takes save(partial) and calls it as it goes
+    evaluate: bool = False         # test accuracy after each epoch, unless --eval/--no-eval
+    names_settings: bool = False   # trains one configuration: its header names batch, workers...
+    profiles: bool = False         # --profile records its training
+    sweeps_workers: bool = False   # varies the DataLoader's workers itself: no --loader device
+    finds_best_workers: bool = False  # measures the best worker count (C3)
+    takes_best_workers: bool = False  # trains with that count
+    in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
     chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
 
 EXERCISES = {
-    "c1": Exercise("C1: training", c1_training, render_c1, evaluate=True),
-    "c2": Exercise("C2: time measurement", c2_timing, render_c2),
-    "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep, render_c3,
-                   chart=c3_chart_png),
-    "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared, render_c4),
-    "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render_c5),
-    "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render_c6),
-    "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render_c7),
-    # The questions read only the model and take a second: no data, nothing to checkpoint.
-    "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render_q1, False, False),
-    "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input, render_q2,
-                   False, False),
-    "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render_q3,
-                   False, False),
-    "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters, render_q4,
-                   False, False),
+    "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
+                   names_settings=True),
+    "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
+                   profiles=True),
+    "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
+                   render.render_c3, sweeps_workers=True, finds_best_workers=True,
+                   chart=render.c3_chart_png),
+    "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
+                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True),
+    "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
+                   takes_best_workers=True),
+    "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
+                   names_settings=True, takes_best_workers=True),
+    "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
+                   names_settings=True, takes_best_workers=True),
+    # The questions read only the model and take a second: no data, nothing to save midway.
+    "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
+                   uses_data=False, saves_progress=False),
+    "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input,
+                   render.render_q2, uses_data=False, saves_progress=False),
+    "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render.render_q3,
+                   uses_data=False, saves_progress=False),
+    "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters,
+                   render.render_q4, uses_data=False, saves_progress=False),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
-                        render_summary, False, False),
-    # C8 and bench pick their own slices and record the data set they used in "dataset".
-    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render_c8,
-                   uses_data=False),
+                        render.render_summary, uses_data=False, saves_progress=False),
+    # Beyond the lab: they pick their own slices and record the data set they used.
+    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render.render_c8,
+                   uses_data=False, in_lab=False),
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render_bench, uses_data=False),
+                      render.render_bench, uses_data=False, in_lab=False),
 }
-CHOICES = list(EXERCISES) + ["all"]
-QUICK = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
-
-
-class UsageError(Exception):
-    """Bad input from the command line: one line on stderr, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line instead of argparse's usage block
-        raise UsageError(f"{message} (see python lab.py --help)")
-
-
-def positive_int(text):
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _number(text, kind):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-
-
-def build_parser():
-    parser = Parser(
-        prog="lab.py",
-        description="The HPML lab: ResNet-18 on CIFAR-10, and where the time goes.",
-        epilog="exercises: " + "; ".join(f"{k} = {e.title}" for k, e in EXERCISES.items())
-        + "; all = every exercise in order, then REPORT.md")
-    parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
-                        help=f"one of: {', '.join(CHOICES)}")
-    add = parser.add_argument
-    add("--device", default="auto", type=str.lower, choices=("auto", "cpu", "cuda", "mps"),
-        help="where to train; auto picks cuda, then mps, then cpu (default: auto)")
-    add("--cuda", action="store_true", help="shorthand for --device cuda, as in the assignment")
-    add("--dataset", default="auto", type=str.lower, choices=DATASETS,
-        help="cifar10 (downloaded when missing), folder (an image-folder tree), synthetic "
-             "(generated in memory), or auto: CIFAR-10 if on disk or downloadable, else "
-             "synthetic (default: auto)")
-    add("--data-path", default="./data",
-        help="folder of CIFAR-10 or of the image-folder tree (default: ./data)")
-    add("--train-size", type=positive_int, metavar="N",
-        help="use a fixed, seeded subset of N training images (default: all)")
-    add("--test-size", type=positive_int, metavar="N",
-        help="use a fixed, seeded subset of N test images (default: all)")
-    add("--seed", type=int, default=0,
-        help="seed for the weights, the data order and synthetic data (default: 0)")
-    add("--num-workers", type=non_negative_int, default=2, metavar="N",
-        help="DataLoader worker processes (default: 2)")
-    add("--batch-size", type=positive_int, default=128, metavar="N",
-        help="training mini-batch size (default: 128; the test batch is 100)")
-    add("--optimizer", default="sgd", type=str.lower, choices=OPTIMIZERS,
-        help="sgd (momentum 0.9), nesterov, adagrad, adadelta or adam; all with weight "
-             "decay 5e-4 (default: sgd)")
-    add("--lr", type=positive_float, default=0.1, help="learning rate (default: 0.1)")
-    add("--epochs", type=positive_int, metavar="N", help="epochs (default: 5)")
-    add("--eval", dest="evaluate", action=argparse.BooleanOptionalAction, default=None,
-        help="measure test accuracy after each epoch, outside the timed windows "
-             "(default: on for c1, off for the others)")
-    add("--no-bn", dest="batch_norm", action="store_false",
-        help="ResNet-18 without BatchNorm (C7 uses it on its own)")
-    add("--out", default="results", metavar="DIR",
-        help="folder for the results files and REPORT.md (default: results)")
-    add("--quick", action="store_true",
-        help=f"small slices for a quick run on a CPU: --train-size {QUICK['train_size']} "
-             f"--test-size {QUICK['test_size']} --epochs {QUICK['epochs']} --repeats "
-             f"{QUICK['repeats']}, unless given")
-    add("--force", action="store_true",
-        help="all: rerun every exercise, even those whose results are complete")
-    workers = parser.add_argument_group("worker experiments (C3, C4, C5)")
-    workers.add_argument("--max-workers", type=non_negative_int, metavar="N",
-                         help="C3: time 0, 4, 8, ... up to N workers (default: stop at the "
-                              "first count that is not faster)")
-    workers.add_argument("--repeats", type=positive_int, metavar="N",
-                         help="C3: timings per worker count; the median is used (default: 3)")
-    workers.add_argument("--best-workers", type=non_negative_int, metavar="N",
-                         help="C4, C5: use N as the best worker count (default: C3's result, "
-                              "else a sweep)")
-    speed = parser.add_argument_group("speed options (off by default: the lab's plain path)")
-    speed.add_argument("--channels-last", action="store_true",
-                       help="NHWC memory format for the model and the images")
-    speed.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"),
-                       help="autocast: bf16 (default when given) or fp16 with a gradient "
-                            "scaler (CUDA)")
-    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE",
-                       choices=("default", "reduce-overhead", "max-autotune"),
-                       help="torch.compile the model: default, reduce-overhead or "
-                            "max-autotune (default when given: default)")
-    speed.add_argument("--loader", default="torch", choices=("torch", "device"),
-                       help="torch: the lab's DataLoader (default); device: the training set "
-                            "held on the device and augmented there in whole batches")
-    add("--profile", action="store_true",
-        help="c2, c4: record a torch.profiler trace (Chrome trace JSON) in the results folder "
-             "and print the ten costliest operators")
-    return parser
-
-
-def resolve_device(name):
-    """The torch device for --device, or UsageError when it is not on this machine."""
-    if name == "auto":
-        return gpu_device()[0] or "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: Apple's MPS is not available here; use --device cpu")
-    return name
-
-
-def parse_args(argv):
-    """(exercise, Config, --eval/--no-eval or None, --force) from the command line.
-
-    Raises UsageError on bad input.
-    """
-    args = build_parser().parse_args(argv)
-    if args.exercise not in CHOICES:
-        raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: {', '.join(CHOICES)}")
-    if args.cuda:
-        if args.device not in ("auto", "cuda"):
-            raise UsageError(f"--cuda contradicts --device {args.device}")
-        args.device = "cuda"
-    if args.profile and args.exercise not in ("c2", "c4", "all"):
-        raise UsageError(f"--profile records c2 and c4 only, not {args.exercise}")
-    if args.loader == "device" and args.exercise in ("c3", "c4"):
-        raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
-                         "--loader device has none")
-    if not 0 <= args.seed < 2**32:
-        raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file; it must be a folder")
-    cfg = Config(
-        device=resolve_device(args.device), dataset=args.dataset, data_path=args.data_path,
-        train_size=args.train_size, test_size=args.test_size, seed=args.seed,
-        num_workers=args.num_workers, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, epochs=args.epochs or 5, batch_norm=args.batch_norm, out=args.out,
-        channels_last=args.channels_last, amp=args.amp, compile=args.compile is not None,
-        compile_mode=None if args.compile in (None, "default") else args.compile,
-        loader=args.loader, profile=args.profile, max_workers=args.max_workers,
-        repeats=args.repeats or 3, best_workers=args.best_workers, quick=args.quick)
-    if args.quick:  # each slice --quick chooses, unless the command line gave it
-        given = {"train_size": args.train_size, "test_size": args.test_size,
-                 "epochs": args.epochs, "repeats": args.repeats}
-        cfg = replace(cfg, **{k: QUICK[k] for k, v in given.items() if v is None})
-    return args.exercise, cfg, args.evaluate, args.force
-
-
-def device_name(device):
-    """The device in words: the GPU's name, or the CPU model and its cores."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    if device == "mps":
-        return "Apple MPS"
-    return f"{cpu_model()} ({os.cpu_count()} cores)"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_exercise(name, cfg, stream=None):
-    """Run one exercise, saving `<out>/<name>.json` after each step; print its tables."""
-    stream = stream or sys.stdout
-    exercise = EXERCISES[name]
-    info = datasets_for(cfg)[2] if exercise.uses_data else None
-    header = {
-        "exercise": name,
-        "title": exercise.title,
-        "complete": False,
-        "config": asdict(cfg),
-        "dataset": info,
-        "device": {"type": cfg.device, "name": device_name(cfg.device)},
-        "torch_version": torch.__version__,
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    path = os.path.join(cfg.out, f"{name}.json")
-    print(f"\n## {exercise.title}\n", file=stream, flush=True)
-    if exercise.uses_data:
-        print(describe_run(header) + "\n", file=stream, flush=True)
-
-    def checkpoint(partial):
-        report.write_json(path, {**header, **partial})
-
-    answer = exercise.run(cfg, checkpoint) if exercise.checkpoints else exercise.run(cfg)
-    result = {**header, **answer}
-    result["complete"] = True
-    result["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    report.write_json(path, result)
-    if not exercise.uses_data:  # now that the run has said which data, if any, it used
-        print(describe_run(result) + "\n", file=stream)
-    print(exercise.render(result), file=stream)
-    saved = [path]
-    if exercise.chart is not None:
-        chart_path = os.path.join(cfg.out, f"{name}.png")
-        if exercise.chart(result, chart_path):
-            saved.append(chart_path)
-    print(f"\n(saved to {', '.join(saved)})", file=stream, flush=True)
-    return result
-
-
-def describe_run(header):
-    """One line naming the data, the device and the torch version of a run."""
-    cfg, info = header["config"], header["dataset"]
-    parts = []
-    if info is not None:
-        parts.append(f"data: {info['name']} ({info['train_images']} training, "
-                     f"{info['test_images']} test images; {info['note']})")
-    parts.append(f"device: {header['device']['name']}")
-    parts.append(f"torch {header['torch_version']}")
-    if header["exercise"] in ("c1", "c2", "c6", "c7"):  # the others vary the workers themselves
-        loading = ("the device loader" if cfg["loader"] == "device"
-                   else plural(cfg["num_workers"], "worker"))
-        parts.append(f"batch {cfg['batch_size']}, {loading}, {cfg['optimizer']} lr {cfg['lr']}, "
-                     f"{plural(cfg['epochs'], 'epoch')}")
-    return " · ".join(parts)
-
-
-# ----------------------------------------------------------------------------------------
-# `all` and the lab report
-
-LAB_ORDER = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"]
-BEYOND_THE_LAB = ["c8", "bench"]  # in the report when their results exist; `all` skips them
-
-
-def exercise_config(name, cfg, evaluate=None, best_workers=None):
-    """The configuration one exercise runs with inside `all`."""
-    cfg = replace(cfg, evaluate=EXERCISES[name].evaluate if evaluate is None else evaluate)
-    if best_workers is not None and name in ("c4", "c5", "c6", "c7"):
-        cfg = replace(cfg, best_workers=best_workers, num_workers=best_workers)
-    return cfg
-
-
-def finished_result(name, cfg):
-    """The saved result of `name` if it is complete and was run with this very configuration."""
-    saved = report.read_json(os.path.join(cfg.out, f"{name}.json"))
-    if saved and saved.get("complete") and saved.get("config") == asdict(cfg):
-        return saved
-    return None
-
-
-def run_all(cfg, evaluate=None, force=False, stream=None):
-    """Every exercise in the assignment's order, C3's best worker count fed into C4-C7.
-
-    Exercises already complete for the same configuration are skipped (unless `force`), so
-    a run stopped with Ctrl-C continues where it stopped. REPORT.md is rewritten after each
-    exercise and when interrupted, so it always covers what finished.
-    """
-    stream = stream or sys.stdout
-    best = cfg.best_workers  # --best-workers wins over C3's result
-    try:
-        for name in LAB_ORDER:
-            each = exercise_config(name, cfg, evaluate, best)
-            result = None if force else finished_result(name, each)
-            if result is not None:
-                print(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
-                      "skipped (--force reruns it)", file=stream, flush=True)
-            else:
-                result = run_exercise(name, each, stream)
-                write_report(cfg)
-            if name == "c3" and result is not None and cfg.best_workers is None:
-                best = result["best_workers"]
-    finally:
-        path = write_report(cfg)
-        print(f"\nlab report: {path}", file=stream, flush=True)
-    return path
-
-
-def write_report(cfg):
-    """Write <out>/REPORT.md from the results files there; return its path.
-
-    Every exercise of the lab gets a section, "Not run." when it has no results yet;
-    C8 and the bench, which `all` does not run, get one when their results are there.
-    """
-    sections = []
-    first = None
-    extras = [name for name in BEYOND_THE_LAB
-              if os.path.exists(os.path.join(cfg.out, f"{name}.json"))]
-    for name in LAB_ORDER + extras:
-        exercise = EXERCISES[name]
-        saved = report.read_json(os.path.join(cfg.out, f"{name}.json"))
-        sections.append(f"## {exercise.title}\n")
-        if saved is None:
-            sections.append("Not run.\n")
-            continue
-        first = first or saved
-        if not saved.get("complete"):
-            sections.append("*Interrupted: this section shows what finished before the stop.*\n")
-        sections.append(f"*{describe_run(saved)}*\n")
-        try:
-            sections.append(exercise.render(saved) + "\n")
-        except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
-            sections.append("The saved results are too incomplete to show.\n")
-        if name == "c3" and os.path.exists(os.path.join(cfg.out, "c3.png")):
-            sections.append("![C3 chart](c3.png)\n")
-    path = os.path.join(cfg.out, "REPORT.md")
-    report.write_text(path, report_header(cfg, first) + "\n".join(sections))
-    return path
-
-
-def report_header(cfg, sample):
-    """The report's title and set-up: data, slices, machine and versions."""
-    gpu, gpu_name = gpu_device()
-    info = (sample or {}).get("dataset") or {}
-    rows = [
-        ["date", datetime.date.today().isoformat()],
-        ["data set", f"{info.get('name', '-')}: {info.get('note', '-')}"],
-        ["training images", info.get("train_images", "-")],
-        ["test images", info.get("test_images", "-")],
-        ["slices", f"train-size {cfg.train_size or 'all'}, test-size {cfg.test_size or 'all'}, "
-                   f"C3 repeats {cfg.repeats}" + (" (chosen by --quick)" if cfg.quick else "")],
-        ["epochs per run", cfg.epochs],
-        ["batch size", f"{cfg.batch_size} (test {cfg.test_batch_size})"],
-        ["optimizer", f"{cfg.optimizer}, lr {cfg.lr}, weight decay 5e-4"],
-        ["training device", f"{cfg.device}: {device_name(cfg.device)}"],
-        ["CPU", f"{cpu_model()}, {usable_cores()} cores usable"],
-        ["GPU", gpu_name if gpu else f"none: {gpu_name}"],
-        ["torch", torch.__version__],
-        ["seed", cfg.seed],
-    ]
-    return ("# HPML lab report: ResNet-18 on CIFAR-10\n\n"
-            "Every figure below was measured by this project and read from the results files "
-            "beside this report; the line under each heading names the data, the device and "
-            "the settings of that run.\n\n"
-            + markdown_table(["", ""], rows, align="ll") + "\n\n")
-
-
-def make_output_folder(path):
-    """Create the results folder before any work, so a bad --out fails at once."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"--out {path} cannot be created: {error.strerror}") from None
 
 
 def main(argv=None):
+    """Parse the command line, run the exercise (or `all`), and say how it ended."""
     cfg = Config()
     try:
-        name, cfg, evaluate, force = parse_args(sys.argv[1:] if argv is None else argv)
-        make_output_folder(cfg.out)
+        name, cfg, evaluate, force = cli.parse_args(sys.argv[1:] if argv is None else argv,
+                                                    Config, EXERCISES)
+        report.make_output_folder(cfg.out)
         if name == "all":
-            run_all(cfg, evaluate, force)
+            report.run_all(cfg, EXERCISES, evaluate, force)
         else:
-            run_exercise(name, exercise_config(name, cfg, evaluate))
-    except (UsageError, DataError) as error:
+            exercise = EXERCISES[name]
+            report.run_exercise(name, exercise, report.exercise_config(exercise, cfg, evaluate))
+    except (cli.UsageError, DataError, report.OutputError) as error:
         print(f"lab.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

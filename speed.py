@@ -1,27 +1,20 @@
-"""Beyond the lab: how fast can it go, measured; C8 (torch.compile); and profiler traces.
+"""Beyond the lab: how fast it can go (`bench`), C8 (torch.compile), profiler traces, and what
+the timers themselves cost.
 
     python lab.py bench          # the speed ladder: each option's images/s against the default
     python lab.py c8             # C8: eager against torch.compile's modes, epoch by epoch
     python lab.py c2 --profile   # C2 with a torch.profiler trace of its first steps
+    python speed.py overhead     # the same epoch trained with and without the lab's timers
 
-`bench` times, in one run, the training step under the lab's default and each speed option
-(channels-last, bfloat16 autocast, torch.compile, and the best combination), and the data
-pipeline (the DataLoader at 0, 1, 2, ... workers against the device loader). Each figure is
-a median over repeats taken in turns, so that a load that comes and goes on a shared machine
-hits every row alike, and is given as a ratio against the default measured in the same run.
-
-`c8_compile` trains with eager PyTorch and with each torch.compile mode and explains, from
-the first epoch against the later ones, what compilation costs and when it pays back.
-
-`Profile` records the first training steps with torch.profiler into a Chrome trace (open it
-in https://ui.perfetto.dev or chrome://tracing) and sums its operators, telling the time
-spent waiting for data (train.py's `data_loading` ranges) from the training steps
-(`training_step`).
+Every speed figure is a median over repeats taken in turns, so that a load that comes and goes
+on a shared machine hits every row alike, and is given as a ratio against a baseline measured
+in the same run.
 """
 
-import itertools
 import os
 import statistics
+import sys
+import time
 import warnings
 from bisect import bisect_right
 from contextlib import contextmanager
@@ -31,10 +24,12 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
-from data import DeviceLoader, load_datasets, make_loader
-from report import markdown_table, plural
-from timing import Timer, synchronize
-from train import fit, make_training, train_one_epoch
+from data import DeviceLoader, SyntheticCIFAR, load_datasets, make_loader, test_transform
+from machine import usable_cores
+from render import plural
+from timing import CudaEventTimer, EpochTimer, NullTimer, Timer, synchronize
+from train import fit, make_optimizer, make_training, train_one_epoch, train_step
+from resnet import ResNet18
 
 PROFILED_STEPS = 10   # a whole epoch of CIFAR-10 would make a trace of gigabytes
 TOP_OPERATORS = 10
@@ -52,7 +47,6 @@ BENCH_SIZES = {
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 C8_CPU_TRAIN_SIZE = 256  # c8 on a CPU without --train-size: a slice that runs in minutes
-CIFAR10_TRAIN_IMAGES = 50_000
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,30 +168,6 @@ def summarize_events(events, device, top=TOP_OPERATORS):
     }
 
 
-def render_profile(summary):
-    """The profile as Markdown: where the trace is, data loading vs training, the top operators."""
-    cuda = summary["device"] == "cuda"
-    headers = ["operator", "phase", "calls", "self CPU (ms)"] + (["self CUDA (ms)"] if cuda else [])
-    headers.append("total CPU (ms)")
-    rows = []
-    for op in summary["operators"]:
-        row = [op["name"], op["phase"], op["calls"], f"{1e3 * op['self_cpu_time']:.1f}"]
-        if cuda:
-            row.append(f"{1e3 * op['self_cuda_time']:.1f}")
-        rows.append(row + [f"{1e3 * op['cpu_time']:.1f}"])
-    ranked_by = "self CUDA time" if cuda else "self CPU time"
-    return (
-        f"Profiled the first {summary['steps']} training steps (at most {summary['max_steps']}) "
-        f"with torch.profiler; trace: `{summary['trace']}` (open it in https://ui.perfetto.dev "
-        f"or chrome://tracing). In those steps the training loop waited "
-        f"{summary['data_loading_time']:.3f} s for data and spent "
-        f"{summary['training_step_time']:.3f} s in training steps.\n\n"
-        f"The {len(rows)} costliest operators by {ranked_by}:\n\n"
-        + markdown_table(headers, rows, align="ll" + "r" * (len(headers) - 2))
-        + "\n\nphase: the range the operator ran in: data loading (waiting for the next batch; "
-        "with workers, their own work is not recorded) or the training step (copy, forward, "
-        "loss, backward, optimizer step). Self time excludes the operators it calls; the "
-        "profiler itself slows the steps it records.")
 
 
 # ----------------------------------------------------------------------------------------
@@ -255,14 +225,15 @@ def short_error(error):
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def bench(cfg, checkpoint=None):
+def bench(cfg, save=None):
     """The training step's and the data pipeline's images per second, option by option.
 
     Step: every row trains its own copy of the same seeded ResNet-18 on one fixed batch that
-    is already on the device, with train.py's `train_one_epoch`. First `warmup_steps` steps
+    is already on the device, through train.py's `train_step`. First `warmup_steps` steps
     (compilation, kernel selection; timed, reported apart), then `repeats` rounds in which
-    every row times `steps` steps in turn. Images/s is the median over the rounds; the ratio
-    is the median of each round's rate over the default's in that round.
+    every row times `steps` steps in turn, with CUDA events on a GPU (the host is not stalled
+    between steps, as in training) and a synchronised clock elsewhere. Images/s is the median
+    over the rounds; the ratio is the median of each round's rate over the default's.
 
     Pipeline: whole passes over a seeded slice of the training set, each batch delivered on
     the device, worker start-up included as in C2; the device loader's one-off upload is
@@ -276,15 +247,27 @@ def bench(cfg, checkpoint=None):
     result = {"dataset": info, "sizes": sizes}  # the slice bench really used
     with cold_compiles():
         result["step"] = bench_steps(cfg, device, train_set, sizes)
-    if checkpoint is not None:
-        checkpoint(result)
+    if save is not None:
+        save(result)
     result["pipeline"] = bench_pipeline(cfg, device, train_set, sizes)
     return result
 
 
+def steps_time(trainer, batch, steps, device):
+    """Seconds that `steps` training steps on one batch take on the device."""
+    variant, model, optimizer, scaler = trainer
+    images, labels = batch
+    criterion = torch.nn.CrossEntropyLoss()
+    model.train()
+    with CudaEventTimer(device) as timer:
+        for _ in range(steps):
+            train_step(model, optimizer, criterion, images, labels, variant.amp, scaler)
+    return timer.elapsed
+
+
 def bench_steps(cfg, device, train_set, sizes):
     """The step table: rows of images/s and ratios (see `bench`)."""
-    batch = next(iter(DeviceLoader(train_set, cfg.batch_size, device, seed=cfg.seed)))
+    images, labels = next(iter(DeviceLoader(train_set, cfg.batch_size, device, seed=cfg.seed)))
     # (B, 3, 32, 32) and (B,), on the device
     plain = replace(cfg, channels_last=False, amp=None, compile=False, compile_mode=None)
     compiler_startup = start_compiler(device)
@@ -294,21 +277,19 @@ def bench_steps(cfg, device, train_set, sizes):
         row = {"name": name, "options": changes, "warmup_time": None, "rates": [],
                "images_per_second": None, "ratio": None, "error": None}
         rows.append(row)
+        memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
+        batch = (images.contiguous(memory_format=memory_format), labels)
         try:
-            model, optimizer, scaler = make_training(variant, device)
-            steps = itertools.repeat(batch, sizes["warmup_steps"])
-            row["warmup_time"] = train_one_epoch(model, steps, optimizer, device, variant.amp,
-                                                 variant.channels_last, scaler)["train_time"]
-            trainers.append((row, variant, model, optimizer, scaler))
+            trainer = (variant, *make_training(variant, device))
+            row["warmup_time"] = steps_time(trainer, batch, sizes["warmup_steps"], device)
+            trainers.append((row, trainer, batch))
         except Exception as error:  # a compiler missing or failing: report the row, go on
             row["error"] = short_error(error)
     for _ in range(sizes["repeats"]):
-        for row, variant, model, optimizer, scaler in trainers:
+        for row, trainer, batch in trainers:
             try:
-                steps = itertools.repeat(batch, sizes["steps"])
-                timed = train_one_epoch(model, steps, optimizer, device, variant.amp,
-                                        variant.channels_last, scaler)
-                row["rates"].append(timed["images"] / timed["train_time"])
+                elapsed = steps_time(trainer, batch, sizes["steps"], device)
+                row["rates"].append(sizes["steps"] * len(labels) / elapsed)
             except Exception as error:
                 row["error"] = short_error(error)
         trainers = [t for t in trainers if t[0]["error"] is None]
@@ -326,7 +307,7 @@ def bench_steps(cfg, device, train_set, sizes):
 def bench_pipeline(cfg, device, train_set, sizes):
     """The pipeline table: DataLoader at each worker count against the device loader."""
     loaders = []
-    for workers in worker_counts(os.cpu_count() or 1, cfg.num_workers):
+    for workers in worker_counts(usable_cores(), cfg.num_workers):
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=workers,
                              seed=cfg.seed, pin_memory=device.type == "cuda")
         row = {"name": f"DataLoader, {plural(workers, 'worker')}", "num_workers": workers,
@@ -352,53 +333,13 @@ def bench_pipeline(cfg, device, train_set, sizes):
             "reference": reference["name"], "rows": rows}
 
 
-def render_bench(result):
-    step, pipeline = result["step"], result.get("pipeline")
-    rows = []
-    for row in step["rows"]:
-        name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
-        if row["error"] is not None:
-            rows.append([name, "failed", "-", "-"])
-            continue
-        rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
-                     f"{row['warmup_time']:.2f}"])
-    sizes = result["sizes"]
-    text = [
-        f"Training step, batch {step['batch_size']}, the batch already on the device:",
-        "",
-        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
-        "",
-        f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
-        f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
-        "compilation for the compile rows, timed with the compiler's caches off as on a first "
-        "run; the compiler's own start-up, once per process, took "
-        f"{step['compiler_startup_time']:.1f} s more.",
-    ]
-    text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
-    if pipeline is not None:
-        rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
-                for row in pipeline["rows"]]
-        setup = pipeline["rows"][-1]["setup_time"]
-        text += [
-            "",
-            f"Data pipeline, batch {pipeline['batch_size']}, whole passes over "
-            f"{pipeline['images']:,} training images, each batch delivered on the device:",
-            "",
-            markdown_table(["loader", "images/s", f"vs {pipeline['reference']}"], rows),
-            "",
-            f"Median of {sizes['pipeline_repeats']} passes each, taken in turns; DataLoader "
-            "passes include starting their workers, as every epoch in C2 does. The device "
-            f"loader's one-off upload of the images took {setup:.2f} s. The device loader "
-            "changes where the data comes from, not the step, so it has no row above.",
-        ]
-    return "\n".join(text)
 
 
 # ----------------------------------------------------------------------------------------
 # C8: torch.compile
 
 
-def c8_compile(cfg, checkpoint=None):
+def c8_compile(cfg, save=None):
     """C8: eager against each torch.compile mode, cfg.epochs epochs each, from the same weights.
 
     Compilation is timed with TorchInductor's caches off, as on a first run (a later run on
@@ -424,14 +365,14 @@ def c8_compile(cfg, checkpoint=None):
                               compile_mode=None if mode in ("eager", "default") else mode)
             run = {"mode": mode, "epoch_times": [], "error": None}
             try:
-                history = fit(variant, train_set, test_set, label=f"{mode}: ")
-                run["epoch_times"] = [epoch["epoch_time"] for epoch in history]
+                epochs = fit(variant, train_set, test_set, label=f"{mode}: ")["epochs"]
+                run["epoch_times"] = [epoch["epoch_time"] for epoch in epochs]
             except Exception as error:
                 run["error"] = short_error(error)
             result["runs"].append(run)
             result["analysis"] = analyse_compile(result)
-            if checkpoint is not None:
-                checkpoint(result)
+            if save is not None:
+                save(result)
     return result
 
 
@@ -464,78 +405,52 @@ def analyse_compile(result):
     return analysis
 
 
-def render_c8(result):
-    analysis = result.get("analysis", [])
-    rows = []
-    for row, run in zip(analysis, result["runs"]):
-        if run["error"] is not None:
-            rows.append([row["mode"], "failed", "-", "-", "-", "-"])
-            continue
-        rows.append([row["mode"], _seconds(row["first_epoch"]), _seconds(row["later_epochs"]),
-                     _seconds(row["compile_cost"]),
-                     "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
-                     "-" if row["payback_epochs"] is None else f"{row['payback_epochs']:.1f}"])
-    text = [f"{result['train_images']:,} training images, batch {result['batch_size']}, "
-            f"{result['epochs']} epochs per mode."]
-    if result["note"]:
-        text.append(result["note"])
-    text += ["", markdown_table(["mode", "first epoch (s)", "later epochs, mean (s)",
-                                 "compilation (s)", "later vs eager", "pays back after (epochs)"],
-                                rows),
-             "", explain_compile(result)]
-    text += [f"\n{run['mode']} failed: {run['error']}" for run in result["runs"] if run["error"]]
-    return "\n".join(text)
+# ----------------------------------------------------------------------------------------
+# What the timers cost: python speed.py overhead
 
 
-def explain_compile(result):
-    """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
-    analysis = {row["mode"]: row for row in result.get("analysis", [])}
-    eager = analysis.get("eager")
-    if eager is None or eager["later_epochs"] is None:
-        return "With one epoch there is no later epoch to compare with: use --epochs 2 or more."
-    warmup = eager["first_epoch"] - eager["later_epochs"]
-    if warmup > 0:
-        eager_line = (f"Eager's own first epoch was {warmup:.2f} s slower than its later ones "
-                      "(allocating memory, choosing kernels); the compilation column subtracts "
-                      "that.")
-    else:
-        eager_line = (f"Eager's own first epoch was no slower than its later ones "
-                      f"({eager['first_epoch']:.2f} s against {eager['later_epochs']:.2f} s: "
-                      "the difference is noise).")
-    lines = [
-        "Why the first epoch is slow: on its first step torch.compile traces the model into a "
-        "graph (Dynamo), derives the backward graph (AOTAutograd), fuses operators and "
-        "generates kernels (Inductor: C++ on a CPU, Triton on a GPU), then compiles them. That "
-        "is done once per process and input shape; later steps run the compiled code. "
-        f"{eager_line} The compiler's start-up, once per process, took "
-        f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
-    last_batch = result["train_images"] % result["batch_size"]
-    if last_batch:
-        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape: the "
-                     "first epoch compiles twice.")
-    for mode in COMPILE_MODES:
-        row = analysis.get(mode)
-        if row is None or row["compile_cost"] is None:
-            continue
-        line = (f"- {mode}: the first epoch took {row['first_epoch']:.1f} s, about "
-                f"{row['compile_cost']:.1f} s of it compilation; later epochs "
-                f"{row['later_epochs']:.2f} s against eager's {eager['later_epochs']:.2f} s")
-        if row["payback_epochs"] is None:
-            line += ", no faster, so compiling does not pay back at this size on this device."
-        else:
-            full = row["payback_images"] / CIFAR10_TRAIN_IMAGES
-            line += (f", {row['saving']:.2f} s saved per epoch: it pays back after "
-                     f"{row['payback_epochs']:.1f} epochs of this size, "
-                     f"{row['payback_images']:,.0f} images ({full:.2f} of a full CIFAR-10 "
-                     "epoch).")
-        lines.append(line)
-    if "reduce-overhead" in analysis:
-        lines.append("reduce-overhead adds CUDA graphs, which replay a whole step's kernels in "
-                     "one launch; on a CPU there are no CUDA graphs, and it compiles like "
-                     "default. max-autotune also benchmarks alternative kernels while it "
-                     "compiles: a longer compilation for a step that may be faster.")
-    return "\n".join(lines)
+def timer_overhead(batches=8, batch_size=32, repeats=5):
+    """The same training epoch with the lab's EpochTimer and with NullTimer, which does nothing.
+
+    The two alternate (timed, bare, timed, bare, ...) so that a load coming and going on a
+    shared machine hits both alike; the medians are compared. Also prints what one empty
+    synchronised window costs, the timers' own overhead with no training around it.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        batch_size, batches = 128, 50
+    timer = EpochTimer(device)
+    start = time.perf_counter()
+    for _ in range(1000):
+        with timer.train():
+            pass
+    window = (time.perf_counter() - start) / 1000
+    print(f"{device}: one empty timed window costs {window * 1e6:.1f} us")
+
+    dataset = SyntheticCIFAR(batches * batch_size, seed=0, transform=test_transform())
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor(dataset.targets)
+    loader = list(zip(images.split(batch_size), labels.split(batch_size)))  # no loading cost
+    torch.manual_seed(0)
+    model = ResNet18().to(device)
+    optimizer = make_optimizer("sgd", model.parameters(), lr=0.01)
+    train_one_epoch(model, loader[:2], optimizer, device)  # warm-up
+    times = {"timed": [], "bare": []}
+    for _ in range(repeats):
+        for name, timer_class in (("timed", EpochTimer), ("bare", NullTimer)):
+            with Timer(device) as whole:
+                train_one_epoch(model, loader, optimizer, device, timer=timer_class(device))
+            times[name].append(whole.elapsed)
+    timed, bare = (statistics.median(times[k]) for k in ("timed", "bare"))
+    print(f"{device}: an epoch of {batches} batches of {batch_size}: timed {timed:.3f} s, "
+          f"bare {bare:.3f} s (medians of {repeats}); the timers cost "
+          f"{100 * (timed / bare - 1):+.2f}%")
+    spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
+    print(f"spread: timed {spread['timed']} s, bare {spread['bare']} s; windows per epoch: "
+          f"{2 * batches + 2}, so their own cost is {100 * window * (2 * batches + 2) / bare:.4f}%")
 
 
-def _seconds(value):
-    return "-" if value is None else f"{value:.2f}"
+if __name__ == "__main__":
+    if sys.argv[1:] != ["overhead"]:
+        sys.exit("usage: python speed.py overhead   (the timers' cost; the rest: python lab.py)")
+    timer_overhead()

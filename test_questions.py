@@ -1,4 +1,4 @@
-"""Tests for questions.py: the model summary against known figures, and the answers to Q1-Q4.
+"""Tests for lab.py's hand-written model summary against known figures, and the answers to Q1-Q4.
 
     python -m unittest test_questions -v
 
@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from questions import (conv_layers, count_parameters_and_gradients, format_summary,
-                       linear_input, model_summary, q1_conv_layers, q2_linear_input,
-                       q3_sgd_parameters, q4_adam_parameters, render_q1, render_q2, render_q3,
-                       render_q4)
+from lab import (conv_layers, count_parameters_and_gradients, linear_input, model_summary,
+                 q1_conv_layers, q2_linear_input, q3_sgd_parameters, q4_adam_parameters)
+from render import format_summary, render_q1, render_q2, render_q3, render_q4
 from resnet import BasicBlock, ResNet, ResNet18
+from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
 
 
 def summarize(model, input_size=(3, 32, 32), batch_size=-1):

@@ -19,10 +19,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 
+import render
 import speed
 from data import (MEAN, STD, DataError, DeviceLoader, SyntheticCIFAR, make_loader, seeded_subset,
                   test_transform, train_transform)
 from lab import Config
+from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
 from train import evaluate, fit, make_model, make_training
 
 CPU = torch.device("cpu")
@@ -196,7 +198,8 @@ class SpeedOptionsTest(unittest.TestCase):
 
     @classmethod
     def losses(cls, cfg):
-        return [epoch["train_loss"] for epoch in fit(cfg, cls.train_set, cls.train_set)]
+        run = fit(cfg, cls.train_set, cls.train_set)
+        return [epoch["train_loss"] for epoch in run["epochs"]]
 
     def assertClose(self, losses, tolerance):
         self.assertEqual(len(losses), 2)
@@ -230,7 +233,7 @@ class SpeedOptionsTest(unittest.TestCase):
 
     def test_device_loader_in_fit(self):
         cfg = tiny_config(loader="device", evaluate=True, epochs=1)
-        history = fit(cfg, self.train_set, self.train_set)
+        history = fit(cfg, self.train_set, self.train_set)["epochs"]
         self.assertEqual(history[0]["images"], 16)
         # Same model, same test images through both loaders: the same accuracy.
         model = make_model(cfg, CPU)
@@ -270,7 +273,7 @@ class ProfileTest(unittest.TestCase):
         self.assertIn(("aten::div", "data loading"), phases)
         self.assertIn(("aten::convolution", "training step"), phases)
         self.assertNotIn(("aten::convolution", "data loading"), phases)
-        self.assertIn("data loading", speed.render_profile(summary))
+        self.assertIn("data loading", render.render_profile(summary))
 
     def test_with_a_worker_the_transforms_leave_the_profile(self):
         summary, trace = self.profile(num_workers=1, steps=2, max_steps=10)
@@ -325,7 +328,7 @@ class BenchFiguresTest(unittest.TestCase):
                 {**row, "name": "amp bf16", "images_per_second": 21.0, "ratio": 2.1},
                 {**row, "name": "compile", "images_per_second": None, "ratio": None,
                  "error": "BackendCompilerFailed: no C++ compiler"}]}}
-        text = speed.render_bench(result)
+        text = render.render_bench(result)
         self.assertIn("| amp bf16 (best) |", text)
         self.assertIn("2.10x", text)
         self.assertIn("compile failed: BackendCompilerFailed: no C++ compiler", text)
@@ -344,7 +347,7 @@ class BenchFiguresTest(unittest.TestCase):
         self.assertEqual(default["payback_images"], 31 * 256)
         self.assertIsNone(autotune["payback_epochs"])   # slower than eager: never
         result["analysis"] = [eager, default, autotune]
-        text = speed.explain_compile(result)
+        text = render.explain_compile(result)
         self.assertIn("pays back after 31.0 epochs", text)
         self.assertIn("does not pay back", text)
 
@@ -352,7 +355,7 @@ class BenchFiguresTest(unittest.TestCase):
         result = {"train_images": 256, "batch_size": 128, "compiler_startup_time": 1.0,
                   "runs": [{"mode": "eager", "epoch_times": [10.0], "error": None}]}
         result["analysis"] = speed.analyse_compile(result)
-        self.assertIn("--epochs 2", speed.explain_compile(result))
+        self.assertIn("--epochs 2", render.explain_compile(result))
 
 
 if __name__ == "__main__":

@@ -1,24 +1,14 @@
 """Timers that measure what the device has finished, not what the host has queued.
 
-CUDA (and MPS) run kernels asynchronously: `loss.backward()` returns as soon as the work is
-queued, long before the GPU is done. A clock read straight after it measures the queueing,
-not the work, and the missing time then shows up in whatever is timed next (often the data
-loader). So every timer here calls `synchronize(device)` before it reads the clock. On the
-CPU there is nothing to wait for and `synchronize` does nothing.
+CUDA runs kernels asynchronously: `loss.backward()` returns once the work is queued, long
+before the GPU is done. A clock read straight after it measures the queueing, and the missing
+time shows up in whatever is timed next (often the data loader). So every window here calls
+`synchronize(device)` before it reads the clock; on the CPU that does nothing.
 
     timer = EpochTimer(device)
     with timer.epoch():
-        with timer.data():
-            batch = next(batches)      # waiting for the DataLoader
-        with timer.train():
-            ...                        # copy, forward, loss, backward, step
-    timer.data_time, timer.train_time, timer.epoch_time, timer.other_time
-
-`CudaEventTimer` times a stretch of GPU work with CUDA events instead: it measures the time
-the GPU spent between two points in its own stream, without stalling the host inside the
-window, which is the better tool for the speed of a training step on its own.
-
-Run `python timing.py` to measure, on this machine, what the timers cost an epoch.
+        with timer.data(): batch = next(batches)       # waiting for the DataLoader
+        with timer.train(): ...                        # copy, forward, loss, backward, step
 """
 
 import time
@@ -160,61 +150,10 @@ class CudaEventTimer:
 class NullTimer(EpochTimer):
     """An EpochTimer whose windows do nothing: no synchronisation, no clock.
 
-    Training with it is the lab's loop without timers, the baseline that
-    `python timing.py` compares the timed loop against.
+    Training with it is the lab's loop without timers, the baseline that the timers'
+    overhead benchmark (`python speed.py overhead`) compares the timed loop against.
     """
 
     @contextmanager
     def _window(self, name):
         yield
-
-
-def overhead_benchmark(batches=8, batch_size=32, repeats=5):
-    """What the timers cost: the same training epoch with EpochTimer and with NullTimer.
-
-    The two alternate (timed, bare, timed, bare, ...) so that a load coming and going on a
-    shared machine hits both alike; the medians are compared. Also prints what one empty
-    synchronised window costs, the timers' own overhead with no training around it.
-    """
-    from data import SyntheticCIFAR, test_transform
-    from train import make_optimizer, train_one_epoch
-    from resnet import ResNet18
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        batch_size, batches = 128, 50
-    timer = EpochTimer(device)
-    start = time.perf_counter()
-    for _ in range(1000):
-        with timer.train():
-            pass
-    window = (time.perf_counter() - start) / 1000
-    print(f"{device}: one empty timed window costs {window * 1e6:.1f} us")
-
-    dataset = SyntheticCIFAR(batches * batch_size, seed=0, transform=test_transform())
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor(dataset.targets)
-    loader = list(zip(images.split(batch_size), labels.split(batch_size)))  # no loading cost
-    torch.manual_seed(0)
-    model = ResNet18().to(device)
-    optimizer = make_optimizer("sgd", model.parameters(), lr=0.01)
-    train_one_epoch(model, loader[:2], optimizer, device)  # warm-up
-    times = {"timed": [], "bare": []}
-    for _ in range(repeats):
-        for name, timer_class in (("timed", EpochTimer), ("bare", NullTimer)):
-            synchronize(device)
-            start = time.perf_counter()
-            train_one_epoch(model, loader, optimizer, device, timer=timer_class(device))
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    timed, bare = (sorted(times[k])[repeats // 2] for k in ("timed", "bare"))
-    print(f"{device}: an epoch of {batches} batches of {batch_size}: timed {timed:.3f} s, "
-          f"bare {bare:.3f} s (medians of {repeats}); the timers cost "
-          f"{100 * (timed / bare - 1):+.2f}%")
-    spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
-    print(f"spread: timed {spread['timed']} s, bare {spread['bare']} s; windows per epoch: "
-          f"{2 * batches + 2}, so their own cost is {100 * window * (2 * batches + 2) / bare:.4f}%")
-
-
-if __name__ == "__main__":
-    overhead_benchmark()

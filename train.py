@@ -1,19 +1,13 @@
-"""Training and evaluation, written once and shared by every exercise.
+"""Training and evaluation, written once: the step, the epoch and the whole run.
 
-    history = fit(cfg, train_set, test_set, on_epoch=save)   # one dict per finished epoch
+    run = fit(cfg, train_set, test_set, on_epoch=save)   # save(run) after every epoch
 
-`train_one_epoch` is the lab's loop: the five canonical lines (zero_grad, forward, loss,
-backward, step) inside C2's timers. `fit` builds the model and optimizer from `cfg` (seeded,
-so every run with the same seed starts from the same weights and sees the same data order),
-trains for `cfg.epochs` and calls `on_epoch(history)` after each epoch, so a caller can save
-finished work before the next epoch starts.
-
-The speed options in `cfg` (channels-last, autocast, torch.compile, the device loader) are
-applied here and nowhere else. The waits for data and the training steps are marked as
-`data_loading` and `training_step` ranges for torch.profiler (speed.py's `Profile`); with no
-profiler running a range costs a few microseconds.
+`train_step` holds the canonical lines (zero_grad, forward, loss, backward, step); the lab's
+loop, the questions, the bench and C8 all train through it. The speed options in `cfg`
+(channels-last, autocast, torch.compile, the device loader) are applied here and nowhere else.
 """
 
+import hashlib
 import math
 import sys
 import time
@@ -62,9 +56,15 @@ def make_training(cfg, device):
     model = make_model(cfg, device)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     if cfg.compile:
-        model = torch.compile(model, mode=cfg.compile_mode)
+        model = compile_model(model, cfg.compile_mode)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     return model, optimizer, scaler
+
+
+def compile_model(model, mode=None):
+    """torch.compile with static shapes: a last batch of another size gets a graph of its own,
+    instead of switching every later batch to a slower dynamic-shape graph."""
+    return torch.compile(model, mode=mode, dynamic=False)
 
 
 def make_loaders(cfg, train_set, test_set, device):
@@ -95,6 +95,26 @@ def autocast(device, amp):
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_step(model, optimizer, criterion, images, labels, amp=None, scaler=None):
+    """One training step, the canonical lines in their order; returns (outputs, loss).
+
+    `amp` ("bf16" or "fp16") runs the forward pass and the loss under autocast; float16 needs
+    `scaler`, a GradScaler, so that small gradients do not underflow.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(images.device, amp):
+        outputs = model(images)                      # (N, 10)
+        loss = criterion(outputs, labels)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return outputs, loss
 
 
 def timed_batches(loader, timer):
@@ -133,27 +153,17 @@ def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=Fa
             with record_function("training_step"), timer.train():
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, amp):
-                    outputs = model(images)                  # (N, 10)
-                    loss = criterion(outputs, labels)
-                if scaler is None:
-                    loss.backward()
-                    optimizer.step()
-                else:  # float16: scale the loss so small gradients do not underflow
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                outputs, loss = train_step(model, optimizer, criterion, images, labels, amp,
+                                           scaler)
                 loss_sum += loss.detach().float() * len(labels)
                 correct += (outputs.argmax(dim=1) == labels).sum()
             seen += len(labels)
             if progress is not None:
-                progress.batch(seen, loss_sum, correct, timer)
+                progress.batch(seen, loss_sum, correct)
             if profiler is not None:
                 profiler.step()
-    train_loss = loss_sum.item() / max(seen, 1)
     return {
-        "train_loss": train_loss,
+        "train_loss": loss_sum.item() / max(seen, 1),
         "train_accuracy": 100.0 * correct.item() / max(seen, 1),
         "images": seen,
         **timer.as_dict(),
@@ -177,40 +187,77 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
     return 100.0 * correct.item() / max(seen, 1)
 
 
-def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None, on_model=None):
-    """Train a fresh ResNet-18 as `cfg` says; return the per-epoch history.
+def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
+    """Train a fresh ResNet-18 as `cfg` says; return the run, calling on_epoch(run) after each epoch.
 
-    Stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
-    `profiler` (speed.py's `Profile`) is stepped after every training step; `on_model(model)`
-    sees the model before its first step (to fingerprint its initial weights, say).
+    The run is {"model": model_facts(...), "epochs": [one dict per epoch], "summary": ...}.
+    It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
+    `profiler` (speed.py's `Profile`) is stepped after every training step.
     """
     device = torch.device(cfg.device)
-    step_model, optimizer, scaler = make_training(cfg, device)
-    if on_model is not None:
-        on_model(step_model)
+    model, optimizer, scaler = make_training(cfg, device)
+    run = {"model": model_facts(model), "epochs": [], "summary": summarize([])}
     train_loader, test_loader = make_loaders(cfg, train_set, test_set, device)
-    history = []
     for epoch in range(1, cfg.epochs + 1):
         progress = Progress(f"{label}epoch {epoch}/{cfg.epochs}", len(train_loader.dataset))
         result = {"epoch": epoch}
-        result.update(train_one_epoch(step_model, train_loader, optimizer, device, cfg.amp,
+        result.update(train_one_epoch(model, train_loader, optimizer, device, cfg.amp,
                                       cfg.channels_last, scaler, progress, profiler))
         result["diverged"] = not math.isfinite(result["train_loss"])
         result["test_accuracy"] = None
         if cfg.evaluate and not result["diverged"]:
-            result["test_accuracy"] = evaluate(step_model, test_loader, device, cfg.amp,
+            result["test_accuracy"] = evaluate(model, test_loader, device, cfg.amp,
                                                cfg.channels_last)
-        progress.done(result)
-        history.append(result)
+        run["epochs"].append(result)
+        run["summary"] = summarize(run["epochs"])
         if on_epoch is not None:
-            on_epoch(history)
+            on_epoch(run)  # saved before anything is printed: a broken stderr loses nothing
+        progress.done(result)
         if result["diverged"]:
             break
-    return history
+    return run
+
+
+def model_facts(model):
+    """What a run's model is before its first step: size, BatchNorm layers, weights' hash."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batchnorm_layers": sum(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                for m in model.modules()),
+        "initial_weights_sha256": digest.hexdigest()[:16],
+    }
+
+
+def summarize(epochs):
+    """Averages over the epochs of a run (diverged epochs included in the times)."""
+    def mean(key):
+        values = [e[key] for e in epochs if e[key] is not None]
+        return sum(values) / len(values) if values else None
+
+    last = epochs[-1] if epochs else {}
+    return {
+        "epochs": len(epochs),
+        "train_loss": mean("train_loss"),
+        "train_accuracy": mean("train_accuracy"),
+        "final_train_loss": last.get("train_loss"),
+        "final_train_accuracy": last.get("train_accuracy"),
+        "final_test_accuracy": last.get("test_accuracy"),
+        "data_time": mean("data_time"),
+        "train_time": mean("train_time"),
+        "other_time": mean("other_time"),
+        "epoch_time": mean("epoch_time"),
+        "first_batch_time": mean("first_batch_time"),
+        "diverged_at": next((e["epoch"] for e in epochs if e["diverged"]), None),
+    }
 
 
 class Progress:
-    """A live line per batch on a terminal; one plain line per epoch anywhere else (logs, CI)."""
+    """Progress of an epoch on stderr: on a terminal a line updated in place after every batch;
+    elsewhere (a log file, a batch job) the same line printed plainly every tenth of the epoch.
+    Printing never stops the training: a closed or full stream is ignored."""
 
     def __init__(self, label, total, stream=None):
         self.label = label
@@ -218,18 +265,17 @@ class Progress:
         self.stream = stream or sys.stderr
         self.live = _isatty(self.stream)
         self.start = time.perf_counter()
-        self.last = self.start
+        self.next_tenth = 1
 
-    def batch(self, seen, loss_sum, correct, timer):
+    def batch(self, seen, loss_sum, correct):
         if not self.live:
-            return
-        now = time.perf_counter()
-        step, self.last = now - self.last, now
-        self.stream.write(
-            f"\r{self.label} [{seen:>6}/{self.total}] step {step:6.3f}s "
-            f"elapsed {now - self.start:7.1f}s loss {loss_sum.item() / seen:.4f} "
-            f"acc {100.0 * correct.item() / seen:5.1f}%")
-        self.stream.flush()
+            if seen * 10 < self.next_tenth * self.total:
+                return
+            self.next_tenth = seen * 10 // self.total + 1
+        line = (f"{self.label} [{seen:>6}/{self.total}] "
+                f"elapsed {time.perf_counter() - self.start:7.1f}s "
+                f"loss {loss_sum.item() / seen:.4f} acc {100.0 * correct.item() / seen:5.1f}%")
+        self._write(f"\r{line}" if self.live else line + "\n")
 
     def done(self, result):
         test = result["test_accuracy"]
@@ -238,8 +284,14 @@ class Progress:
                 + ("" if test is None else f" test {test:.1f}%")
                 + f" | data {result['data_time']:.2f}s train {result['train_time']:.2f}s "
                 f"epoch {result['epoch_time']:.2f}s" + (" DIVERGED" if result["diverged"] else ""))
-        self.stream.write(("\r" + line + " " * 10 + "\n") if self.live else line + "\n")
-        self.stream.flush()
+        self._write(("\r" + line + " " * 10 + "\n") if self.live else line + "\n")
+
+    def _write(self, text):
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # closed, full, or a pipe whose reader has gone
+            pass
 
 
 def _isatty(stream):

@@ -1,0 +1,199 @@
+"""The command line: `python lab.py EXERCISE [options]` into an exercise name and a Config.
+
+    python lab.py --help          # every exercise and option, with the Config's defaults
+
+Every default shown here is read from lab.py's Config, the one place where defaults live; an
+option left out keeps the Config's value. Bad input raises UsageError, which lab.py prints as
+one line and exit status 2.
+"""
+
+import argparse
+import os
+from dataclasses import fields, replace
+
+import torch
+
+from data import DATASETS
+from machine import gpu_device
+from train import LOADERS, OPTIMIZERS
+
+
+class UsageError(Exception):
+    """Bad input from the command line: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line instead of argparse's usage block
+        raise UsageError(f"{message} (see python lab.py --help)")
+
+
+def positive_int(text):
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def positive_float(text):
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _number(text, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+
+
+def build_parser(defaults, exercises):
+    """The parser; `defaults` is a Config, whose values the help text shows.
+
+    Options default to None ("not given"), so that --quick can tell its slices from the
+    user's and the Config keeps its own defaults for the rest.
+    """
+    d = defaults
+    quick = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.QUICK.items())
+    parser = Parser(
+        prog="lab.py", argument_default=None,
+        description="The HPML lab: ResNet-18 on CIFAR-10, and where the time goes.",
+        epilog="exercises: " + "; ".join(f"{k} = {e.title}" for k, e in exercises.items())
+        + "; all = every exercise of the lab in order, then REPORT.md")
+    parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
+                        help=f"one of: {', '.join([*exercises, 'all'])}")
+    add_run_options(parser, d, quick)
+    add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
+    add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
+                                                "plain path)"), d, exercises)
+    return parser
+
+
+def add_run_options(parser, d, quick):
+    """Where the run goes, on which data, and how it trains."""
+    add = parser.add_argument
+    add("--device", default="auto", type=str.lower, choices=("auto", "cpu", "cuda", "mps"),
+        help="where to train; auto picks cuda, then mps, then cpu (default: auto)")
+    add("--cuda", action="store_true", help="shorthand for --device cuda, as in the assignment")
+    add("--dataset", type=str.lower, choices=DATASETS,
+        help="cifar10 (downloaded when missing), folder (an image-folder tree), synthetic "
+             "(generated in memory), or auto: CIFAR-10 if on disk or downloadable, else "
+             f"synthetic (default: {d.dataset})")
+    add("--data-path", help=f"folder of CIFAR-10 or of the image-folder tree "
+                            f"(default: {d.data_path})")
+    add("--train-size", type=positive_int, metavar="N",
+        help="use a fixed, seeded subset of N training images (default: all)")
+    add("--test-size", type=positive_int, metavar="N",
+        help="use a fixed, seeded subset of N test images (default: all)")
+    add("--seed", type=int,
+        help=f"seed for the weights, the data order and synthetic data (default: {d.seed})")
+    add("--num-workers", type=non_negative_int, metavar="N",
+        help=f"DataLoader worker processes (default: {d.num_workers})")
+    add("--batch-size", type=positive_int, metavar="N",
+        help=f"training mini-batch size (default: {d.batch_size}; the test batch is "
+             f"{d.test_batch_size})")
+    add("--optimizer", type=str.lower, choices=OPTIMIZERS,
+        help="sgd (momentum 0.9), nesterov, adagrad, adadelta or adam; all with weight "
+             f"decay 5e-4 (default: {d.optimizer})")
+    add("--lr", type=positive_float, help=f"learning rate (default: {d.lr})")
+    add("--epochs", type=positive_int, metavar="N", help=f"epochs (default: {d.epochs})")
+    add("--eval", dest="evaluate", action=argparse.BooleanOptionalAction,
+        help="measure test accuracy after each epoch, outside the timed windows "
+             "(default: on for c1, off for the others)")
+    add("--no-bn", dest="batch_norm", action="store_false", default=None,
+        help="ResNet-18 without BatchNorm (C7 uses it on its own)")
+    add("--out", metavar="DIR", help=f"folder for the results files and REPORT.md "
+                                     f"(default: {d.out})")
+    add("--quick", action="store_true",
+        help=f"small slices for a quick run on a CPU: {quick}, unless given")
+    add("--force", action="store_true",
+        help="all: rerun every exercise, even those whose results are complete")
+
+
+def add_worker_options(workers, d):
+    workers.add_argument("--max-workers", type=non_negative_int, metavar="N",
+                         help="C3: time 0, 4, 8, ... up to N workers (default: stop at the "
+                              "first count that is not faster)")
+    workers.add_argument("--repeats", type=positive_int, metavar="N",
+                         help="C3: timings per worker count; the median is used "
+                              f"(default: {d.repeats})")
+    workers.add_argument("--best-workers", type=non_negative_int, metavar="N",
+                         help="C4-C7: use N as the best worker count (default: C3's result, "
+                              "else a sweep)")
+
+
+def add_speed_options(speed, d, exercises):
+    speed.add_argument("--channels-last", action="store_true",
+                       help="NHWC memory format for the model and the images")
+    speed.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"),
+                       help="autocast: bf16 (default when given) or fp16 with a gradient "
+                            "scaler (CUDA)")
+    speed.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                       choices=("default", "reduce-overhead", "max-autotune"),
+                       help="torch.compile the model: default, reduce-overhead or "
+                            "max-autotune (default when given: default)")
+    speed.add_argument("--loader", choices=LOADERS,
+                       help="torch: the lab's DataLoader; device: the training set held on the "
+                            f"device and augmented there in whole batches (default: {d.loader})")
+    speed.add_argument("--profile", action="store_true",
+                       help="record a torch.profiler trace (Chrome trace JSON) of the first "
+                            "training steps in the results folder and print the ten costliest "
+                            "operators (" + ", ".join(k for k, e in exercises.items()
+                                                      if e.profiles) + ")")
+
+
+def resolve_device(name):
+    """The torch device for --device, or UsageError when it is not on this machine."""
+    if name == "auto":
+        return gpu_device()[0] or "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple's MPS is not available here; use --device cpu")
+    return name
+
+
+def parse_args(argv, config_class, exercises):
+    """(exercise name, Config, --eval/--no-eval or None, --force) from the command line.
+
+    Raises UsageError on bad input.
+    """
+    args = build_parser(config_class(), exercises).parse_args(argv)
+    check(args, exercises)
+    given = {f.name: getattr(args, f.name) for f in fields(config_class)
+             if getattr(args, f.name, None) is not None}
+    given.pop("evaluate", None)  # per exercise: see report.exercise_config
+    given["device"] = resolve_device("cuda" if args.cuda else args.device)
+    given["compile"] = args.compile is not None
+    given["compile_mode"] = None if args.compile in (None, "default") else args.compile
+    if args.quick:  # each slice --quick chooses, unless the command line gave it
+        given = {**config_class.QUICK, **given}
+    return args.exercise, config_class(**given), args.evaluate, args.force
+
+
+def check(args, exercises):
+    """The rules that tie options to exercises, read from the exercises' properties."""
+    if args.exercise not in exercises and args.exercise != "all":
+        raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: "
+                         f"{', '.join([*exercises, 'all'])}")
+    exercise = exercises.get(args.exercise)
+    if args.cuda and args.device not in ("auto", "cuda"):
+        raise UsageError(f"--cuda contradicts --device {args.device}")
+    if args.profile and exercise is not None and not exercise.profiles:
+        names = " and ".join(k for k, e in exercises.items() if e.profiles)
+        raise UsageError(f"--profile records {names} only, not {args.exercise}")
+    if args.loader == "device" and exercise is not None and exercise.sweeps_workers:
+        raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
+                         "--loader device has none")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; it must be a folder")
