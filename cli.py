@@ -74,6 +74,7 @@ def build_parser(defaults, exercises):
     add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
+    add_beyond_options(parser.add_argument_group("beyond the lab (infer)"), d)
     return parser
 
 
@@ -116,6 +117,20 @@ def add_run_options(parser, d, quick):
         help=f"small slices for a quick run on a CPU: {quick}, unless given")
     add("--force", action="store_true",
         help="all: rerun every exercise, even those whose results are complete")
+
+
+def add_beyond_options(beyond, d):
+    beyond.add_argument("--batch-sizes", type=batch_sizes, metavar="N,N,...",
+                        help="infer: the batch sizes to time (default: "
+                             f"{','.join(map(str, d.infer_batch_sizes))})")
+    beyond.add_argument("--checkpoint", metavar="FILE",
+                        help="infer: a saved state_dict of ResNet-18 to load (default: fresh "
+                             "weights from --seed)")
+
+
+def batch_sizes(text):
+    """ "1,128" -> (1, 128)"""
+    return tuple(positive_int(part) for part in text.split(","))
 
 
 def add_worker_options(workers, d):
@@ -174,6 +189,8 @@ def parse_args(argv, config_class, exercises):
     given["device"] = resolve_device("cuda" if args.cuda else args.device)
     given["compile"] = args.compile is not None
     given["compile_mode"] = None if args.compile in (None, "default") else args.compile
+    if args.batch_sizes is not None:
+        given["infer_batch_sizes"] = args.batch_sizes
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
     return args.exercise, config_class(**given), args.evaluate, args.force

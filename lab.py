@@ -30,6 +30,7 @@ import report
 from data import DataError, datasets_for, make_loader
 from machine import gpu_device, usable_cores
 from resnet import ResNet18
+from infer import InferError, infer
 from speed import bench, c8_compile, profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
@@ -65,6 +66,9 @@ class Config:
     repeats: int = 3               # C3: timings per worker count (the median is used)
     best_workers: int = None       # C4-C7: the best worker count, when it is known
     quick: bool = False            # the small slices below, for a quick run on a CPU
+    # Beyond the lab: inference (infer).
+    infer_batch_sizes: tuple = (1, 128)
+    checkpoint: str = None         # a saved state_dict of ResNet-18; None: fresh weights
 
     QUICK: ClassVar[dict] = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
 
@@ -560,6 +564,8 @@ EXERCISES = {
                    uses_data=False, in_lab=False),
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
                       render.render_bench, uses_data=False, in_lab=False),
+    "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
+                      render.render_infer, uses_data=False, in_lab=False),
 }
 
 
@@ -575,7 +581,7 @@ def main(argv=None):
         else:
             exercise = EXERCISES[name]
             report.run_exercise(name, exercise, report.exercise_config(exercise, cfg, evaluate))
-    except (cli.UsageError, DataError, report.OutputError) as error:
+    except (cli.UsageError, DataError, report.OutputError, InferError) as error:
         print(f"lab.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,24 +1,19 @@
 """ResNet-18 for CIFAR-10, as the lab uses it.
 
-The CIFAR variant of "Deep Residual Learning for Image Recognition" (He et al., 2015,
-arXiv:1512.03385): a 3x3 stem with no max-pool, so 32x32 images keep their resolution into
-the first stage; four stages of two BasicBlocks (64, 128, 256, 512 channels; strides 1, 2, 2,
-2); global average pooling; one linear classifier.
+He et al.'s ImageNet ResNet-18 ("Deep Residual Learning for Image Recognition", 2015,
+arXiv:1512.03385) adapted to 32x32 images: a 3x3 stem and no max-pool, then four stages of two
+BasicBlocks (64, 128, 256, 512 channels), global average pooling and one linear classifier.
+(The paper's own CIFAR networks are the thinner ResNet-20/32/44/56.)
 
     model = ResNet18()                  # 11,173,962 parameters
-    model = ResNet18(batch_norm=False)  # 11,164,362: the same network with no BatchNorm at all
+    model = ResNet18(batch_norm=False)  # 11,164,362: no BatchNorm, and no placeholder for it
 
-Without BatchNorm there is no placeholder layer in its place (no nn.Identity), so the model
-holds no BatchNorm parameters or buffers and a model summary lists only real layers.
+The convolutions are bias-free either way, so without BatchNorm's learned shift nothing adds a
+per-channel offset after a convolution; only the final linear layer has a bias.
 """
 
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def normalize(bn, x):
-    """Apply a BatchNorm layer, or pass x through when the network was built without one."""
-    return x if bn is None else bn(x)
 
 
 class BasicBlock(nn.Module):
@@ -28,6 +23,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes, planes, stride=1, batch_norm=True):
         super().__init__()
+        # Without BatchNorm the attribute is None, not nn.Identity: no layer that does nothing.
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes) if batch_norm else None
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
@@ -42,8 +38,14 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(*projection)
 
     def forward(self, x):
-        out = F.relu(normalize(self.bn1, self.conv1(x)))
-        out = normalize(self.bn2, self.conv2(out))
+        # TorchScript compiles an `is not None` test on an attribute (torchvision's pattern).
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = self.bn1(out)
+        out = F.relu(out)
+        out = self.conv2(out)
+        if self.bn2 is not None:
+            out = self.bn2(out)
         out = out + self.shortcut(x)
         return F.relu(out)
 
@@ -71,7 +73,10 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):                          # (N, 3, 32, 32)
-        out = F.relu(normalize(self.bn1, self.conv1(x)))  # (N, 64, 32, 32)
+        out = self.conv1(x)                        # (N, 64, 32, 32)
+        if self.bn1 is not None:
+            out = self.bn1(out)
+        out = F.relu(out)
         out = self.layer1(out)                     # (N, 64, 32, 32)
         out = self.layer2(out)                     # (N, 128, 16, 16)
         out = self.layer3(out)                     # (N, 256, 8, 8)

@@ -1,0 +1,376 @@
+"""Inference six ways, and what each one costs: `python lab.py infer --device cpu`.
+
+ResNet-18 (fresh seeded weights, or cfg.checkpoint's) runs eagerly, traced and scripted with
+TorchScript, exported with torch.export, compiled with torch.compile, and compiled ahead of time
+by AOTInductor. For each way, `infer(cfg)` measures the conversion time, the saved file's size
+and whether it loads back to the same outputs, the largest difference from eager's outputs, and
+at each batch size the latency (median, p90, p99 of single calls, each timed with the device
+synchronised at both ends) and images/s, in eval mode under torch.inference_mode(). It also
+shows what TorchScript and torch.export make of one BasicBlock, and how a trace goes wrong.
+"""
+
+import contextlib
+import copy
+import io
+import math
+import os
+import tempfile
+import time
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from resnet import ResNet18
+from timing import Timer, synchronize
+
+# Per device type: after the first call and `warmup` more, calls are timed until there are
+# `min_runs` and `budget_s` seconds have passed, or there are `max_runs`. The CPU's are few
+# because one batch of 128 takes seconds on two cores.
+REPEATS = {
+    "cpu": {"warmup": 1, "min_runs": 3, "max_runs": 50, "budget_s": 1.0},
+    "cuda": {"warmup": 20, "min_runs": 100, "max_runs": 1000, "budget_s": 2.0},
+}
+TOLERANCE = 1e-3   # largest |difference| from eager allowed, relative to eager's largest |output|
+EXAMPLE_BATCH = 2  # torch.export fixes a dimension it sees as 1, so it sees a batch of 2
+MAX_BATCH = 4096   # the exported programs accept any batch size from 1 to this
+
+DEPRECATION = (
+    "TorchScript (torch.jit.trace, torch.jit.script and their saved files) has been marked "
+    "deprecated in PyTorch's documentation since 2.5, and in this PyTorch every call to "
+    "torch.jit.trace or torch.jit.script raises a FutureWarning that says \"Please switch to "
+    "`torch.compile` or `torch.export`\", and every torch.jit.save or torch.jit.load one that "
+    "says \"Please switch to `torch.export`\"; on Python 3.14 and later, trace and script warn "
+    "that they are not supported and may break. Their work is now split three ways. For the whole "
+    "network as one graph to save, load and serve without its Python class: torch.export "
+    "(torch.export.save and torch.export.load; `.module()` runs the program). Unlike a trace, "
+    "it stops at control flow that depends on the data instead of silently keeping one "
+    "branch. To compile that exported graph ahead of time into a package that a Python or C++ "
+    "process loads and runs without compiling again: AOTInductor "
+    "(torch._inductor.aoti_compile_and_package, then aoti_load_package). For speed inside a "
+    "Python program: torch.compile, which compiles on the first call at each new input shape "
+    "and keeps the result in the process, with nothing to save."
+)
+
+
+class InferError(Exception):
+    """A checkpoint that cannot be read or does not fit, or a device infer does not time."""
+
+
+class Converted(NamedTuple):
+    """What one way made of the model."""
+
+    run: object            # the callable that is timed
+    convert_s: float       # seconds to make it from the eager model
+    path: str = None       # the saved file; None when the way has none
+    reload: object = None  # () -> the callable read back from `path`
+    no_file: str = None    # why there is no file
+
+
+# ----------------------------------------------------------------------------------------
+# The six ways: each takes the eval-mode model, an example batch and a folder for its file
+
+
+def convert_eager(model, example, folder):
+    """The nn.Module itself; its file is the state_dict, which needs the class to load."""
+    path = os.path.join(folder, "state_dict.pt")
+    torch.save(model.state_dict(), path)
+
+    def reload():
+        fresh = copy.deepcopy(model)
+        fresh.load_state_dict(torch.load(path, map_location=example.device, weights_only=True))
+        return fresh
+
+    return Converted(model, 0.0, path, reload)
+
+
+def convert_trace(model, example, folder):
+    """torch.jit.trace: runs the model once and records the operations that ran."""
+    with Timer(example.device) as clock:
+        traced = torch.jit.trace(model, example)
+    path = os.path.join(folder, "traced.pt")
+    torch.jit.save(traced, path)
+    return Converted(traced, clock.elapsed, path,
+                     lambda: torch.jit.load(path, map_location=example.device))
+
+
+def convert_script(model, example, folder):
+    """torch.jit.script: compiles forward()'s Python source, control flow included."""
+    with Timer(example.device) as clock:
+        scripted = torch.jit.script(model)
+    path = os.path.join(folder, "scripted.pt")
+    torch.jit.save(scripted, path)
+    return Converted(scripted, clock.elapsed, path,
+                     lambda: torch.jit.load(path, map_location=example.device))
+
+
+def convert_export(model, example, folder):
+    """torch.export: the whole forward as one graph of ATen operations, any batch size."""
+    with Timer(example.device) as clock:
+        exported = export_program(model, example)
+    path = os.path.join(folder, "exported.pt2")
+    torch.export.save(exported, path)
+    return Converted(exported.module(), clock.elapsed, path,
+                     lambda: torch.export.load(path).module())
+
+
+def convert_compile(model, example, folder):
+    """torch.compile (default mode): compiles on the first call at each new input shape."""
+    torch._dynamo.reset()  # start cold, so that the conversion time holds all the compiling
+    with Timer(example.device) as clock:
+        compiled = torch.compile(model)
+        compiled(example)  # the compiling happens here
+    return Converted(compiled, clock.elapsed,
+                     no_file="torch.compile keeps its compiled code in the process; no file")
+
+
+def convert_aoti(model, example, folder):
+    """AOTInductor: the exported graph compiled ahead of time into a package to load and run."""
+    path = os.path.join(folder, "aoti.pt2")
+    with Timer(example.device) as clock:
+        torch._inductor.aoti_compile_and_package(export_program(model, example), package_path=path)
+    return Converted(torch._inductor.aoti_load_package(path), clock.elapsed, path,
+                     lambda: torch._inductor.aoti_load_package(path))
+
+
+WAYS = {"eager": convert_eager, "trace": convert_trace, "script": convert_script,
+        "export": convert_export, "compile": convert_compile, "aoti": convert_aoti}
+
+
+def export_program(model, example):
+    """torch.export.export of `model` with a dynamic batch dimension (1 to MAX_BATCH)."""
+    batch = example.new_zeros(EXAMPLE_BATCH, *example.shape[1:])  # (2, 3, 32, 32)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    return torch.export.export(model, (batch,), dynamic_shapes=dynamic_shapes)
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring
+
+
+def infer(cfg, save=None, ways=None, work_dir=None):
+    """Measure each way in `ways` (all of WAYS by default); JSON-ready, save(result) after each.
+
+    cfg needs device, batch_norm and seed; infer_batch_sizes and checkpoint are optional. The
+    inputs are seeded random images. Saved files go to a temporary folder (inside `work_dir`
+    if given) that is removed at the end.
+    """
+    started = time.perf_counter()
+    device = torch.device(cfg.device)
+    if device.type not in REPEATS:
+        raise InferError(f"infer runs on {' or '.join(REPEATS)}, not {device.type}")
+    ways = list(WAYS) if ways is None else list(ways)
+    unknown = [name for name in ways if name not in WAYS]
+    if unknown:
+        raise ValueError(f"unknown way {', '.join(unknown)}; the ways are {', '.join(WAYS)}")
+    batch_sizes = [int(size) for size in getattr(cfg, "infer_batch_sizes", (1, 128))]
+    model = load_model(cfg).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    inputs = [torch.randn(size, 3, 32, 32, generator=generator).to(device)  # (B, 3, 32, 32)
+              for size in batch_sizes]
+    # Eager's outputs are the oracle; computing them first also takes the process's one-time
+    # start-up (thread pools, kernel choice) out of every way's first call.
+    with torch.inference_mode():
+        reference = [model(images) for images in inputs]  # (B, 10)
+    result = {
+        "inference_device": str(device), "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(), "batch_norm": cfg.batch_norm, "seed": cfg.seed,
+        "checkpoint": getattr(cfg, "checkpoint", None), "batch_sizes": batch_sizes,
+        "repeats": dict(REPEATS[device.type]), "tolerance": TOLERANCE,
+        "eager_output_scale": [output.abs().max().item() for output in reference],
+        "block": look_at_a_block(model, device),
+        "trace_versus_script": trace_versus_script(),
+        "deprecation": DEPRECATION,
+        "ways": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="infer-", dir=work_dir) as folder:
+        for name in ways:
+            os.makedirs(os.path.join(folder, name))
+            result["ways"][name] = measure_way(WAYS[name], model, inputs, reference,
+                                               os.path.join(folder, name), REPEATS[device.type])
+            result["total_s"] = time.perf_counter() - started
+            if save is not None:
+                save(result)
+    result["total_s"] = time.perf_counter() - started
+    return result
+
+
+def load_model(cfg):
+    """ResNet-18 in eval mode: seeded fresh weights, or those of cfg.checkpoint."""
+    torch.manual_seed(cfg.seed)
+    model = ResNet18(batch_norm=cfg.batch_norm)
+    path = getattr(cfg, "checkpoint", None)
+    if path is not None:
+        load_checkpoint(model, path)
+    return model.eval()
+
+
+def load_checkpoint(model, path):
+    """Load a saved state_dict (plain, or under the key "model"), or raise InferError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # no file, not a torch file, or pickled objects beyond tensors
+        raise InferError(f"cannot read checkpoint {path}: {one_line(error)}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise InferError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    expected = model.state_dict()
+    problems = [
+        _listed("missing", [key for key in expected if key not in state]),
+        _listed("unexpected", [key for key in state if key not in expected]),
+        _listed("wrong shape", [f"{key} {tuple(state[key].shape)} not {tuple(expected[key].shape)}"
+                                for key in expected if key in state
+                                and getattr(state[key], "shape", None) != expected[key].shape]),
+    ]
+    problems = [problem for problem in problems if problem]
+    if problems:
+        hint = " (trained with the other batch_norm setting?)" if "bn" in str(problems) else ""
+        raise InferError(f"checkpoint {path} does not fit ResNet18(batch_norm="
+                         f"{model.bn1 is not None}): {'; '.join(problems)}{hint}")
+    model.load_state_dict(state)
+
+
+def _listed(what, keys):
+    """ "2 missing: bn1.weight, bn1.bias" with at most three keys named; "" when there are none."""
+    if not keys:
+        return ""
+    more = f", and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"{len(keys)} {what}: {', '.join(keys[:3])}{more}"
+
+
+def measure_way(convert, model, inputs, reference, folder, repeats):
+    """One way's conversion, file, round trip and latencies; a failure is a one-line reason."""
+    outcome = {"convert_s": None, "file_bytes": None, "no_file": None, "reload_max_diff": None,
+               "reload_matches": None, "batches": [], "error": None}
+    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
+        warnings.simplefilter("always")
+        try:
+            converted = convert(model, inputs[0], folder)
+            outcome["convert_s"] = converted.convert_s
+            outcome.update(round_trip(converted, inputs[0]))
+            for images, expected in zip(inputs, reference):
+                outcome["batches"].append(latency(converted.run, images, expected, repeats))
+        except Exception as error:
+            outcome["error"] = one_line(error)
+    outcome["warnings"] = sorted({f"{w.category.__name__}: {one_line(w.message, False)}"
+                                  for w in caught})
+    return outcome
+
+
+def round_trip(converted, images):
+    """The saved file's size, and whether what loads back from it gives the same outputs."""
+    if converted.path is None:
+        return {"no_file": converted.no_file}
+    reloaded = converted.reload()
+    before, after = converted.run(images), reloaded(images)  # (B, 10) each
+    difference = max_difference(after, before)
+    return {"file_bytes": os.path.getsize(converted.path), "reload_max_diff": difference,
+            "reload_matches": difference <= TOLERANCE * before.abs().max().item()}
+
+
+def latency(run, images, expected, repeats):
+    """Time single calls of `run` on one batch; and how far its outputs are from `expected`."""
+    first_s, outputs = timed_call(run, images)
+    for _ in range(repeats["warmup"]):
+        run(images)
+    times = []
+    deadline = time.perf_counter() + repeats["budget_s"]
+    while len(times) < repeats["max_runs"] and (
+            len(times) < repeats["min_runs"] or time.perf_counter() < deadline):
+        times.append(timed_call(run, images)[0])
+    median = percentile(times, 50)
+    difference = max_difference(outputs, expected)
+    return {
+        "batch_size": len(images),
+        "first_call_ms": 1000 * first_s,
+        "median_ms": 1000 * median,
+        "p90_ms": 1000 * percentile(times, 90),
+        "p99_ms": 1000 * percentile(times, 99),
+        "images_per_s": len(images) / median,
+        "runs": len(times),
+        "max_abs_diff": difference,
+        "matches_eager": difference <= TOLERANCE * expected.abs().max().item(),
+    }
+
+
+def timed_call(run, images):
+    """Seconds for one call, with the device synchronised before and after; and its output."""
+    synchronize(images.device)  # work queued earlier stays out of this call's time
+    start = time.perf_counter()
+    outputs = run(images)  # (B, 10)
+    synchronize(images.device)  # a GPU call returns once queued; wait until it is done
+    return time.perf_counter() - start, outputs
+
+
+def max_difference(outputs, expected):
+    return (outputs.float() - expected.float()).abs().max().item()
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100), interpolating linearly between the closest ranks (numpy's)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def one_line(error, with_type=True):
+    """An exception (or warning) as one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    return f"{type(error).__name__}: {message}" if with_type else message
+
+
+# ----------------------------------------------------------------------------------------
+# Looking at what the converters make
+
+
+def look_at_a_block(model, device):
+    """TorchScript's code and graph, and torch.export's graph, of the first block of layer2."""
+    block = model.layer2[0]  # 64 -> 128 channels, stride 2: the shortcut is a 1x1 projection
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the deprecation, recorded per way
+        scripted = torch.jit.script(block)
+    features = torch.zeros(EXAMPLE_BATCH, 64, 32, 32, device=device)  # (2, 64, 32, 32)
+    exported = torch.export.export(block, (features,))
+    return {"name": "layer2[0]", "script_code": scripted.code,
+            "script_graph": str(scripted.graph), "export_code": exported.graph_module.code}
+
+
+class SignFlip(nn.Module):
+    """Doubles x when its elements sum to more than 0, else negates it: a branch on the data."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return -x
+
+
+def trace_versus_script():
+    """Trace SignFlip on an input that takes one branch, script it, run both on the other."""
+    module = SignFlip()
+    traced_on, other = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([-1.0, -2.0, -3.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(module, traced_on)  # warns: the branch becomes a constant
+        scripted = torch.jit.script(module)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # export prints its partial graph
+            torch.export.export(module, (other,))
+        export_outcome = "exported"
+    except Exception as error:
+        export_outcome = one_line(error)
+    tracer_warnings = {one_line(w.message, False) for w in caught
+                       if issubclass(w.category, torch.jit.TracerWarning)}
+    return {
+        "traced_on": traced_on.tolist(), "input": other.tolist(),
+        "eager": module(other).tolist(), "traced": traced(other).tolist(),
+        "scripted": scripted(other).tolist(),
+        "tracer_warning": sorted(tracer_warnings),
+        "traced_code": traced.code, "scripted_code": scripted.code,
+        "export": export_outcome,
+    }

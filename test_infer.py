@@ -1,0 +1,237 @@
+"""Tests for infer.py and the scriptable resnet.py: `python -m unittest test_infer` (CPU, ~2 min).
+
+Each way's outputs are checked against eager's, run in this file, not against infer.py's own
+comparison; BatchNorm gets random statistics first, so that a conversion that dropped or
+mis-folded it would show.
+"""
+
+import os
+import tempfile
+import unittest
+import warnings
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+
+import infer
+import render
+from resnet import ResNet18
+
+try:
+    from lab import model_summary
+except ImportError:
+    from questions import model_summary
+
+TOLERANCE = 1e-5  # float32 on the CPU: the ways reorder sums, they compute the same thing
+
+
+@dataclass
+class Config:
+    device: str = "cpu"
+    batch_norm: bool = True
+    seed: int = 0
+    infer_batch_sizes: tuple = (1, 3)
+    checkpoint: str = None
+
+
+def network(batch_norm):
+    """A seeded ResNet-18 in eval mode whose BatchNorm layers are far from the identity."""
+    torch.manual_seed(0)
+    model = ResNet18(batch_norm=batch_norm)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def relative_difference(outputs, expected):
+    return (outputs - expected).abs().max().item() / expected.abs().max().item()
+
+
+class TestResNetScripts(unittest.TestCase):
+    def test_script_gives_eager_outputs_with_and_without_batch_norm(self):
+        self.enterContext(warnings.catch_warnings())
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
+        images = torch.randn(2, 3, 32, 32)  # (2, 3, 32, 32)
+        for batch_norm in (True, False):
+            model = network(batch_norm)
+            scripted = torch.jit.script(model)
+            with torch.no_grad():
+                self.assertLess(relative_difference(scripted(images), model(images)), TOLERANCE)
+
+    def test_parameter_counts(self):
+        count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+        self.assertEqual(count(ResNet18()), 11_173_962)
+        self.assertEqual(count(ResNet18(batch_norm=False)), 11_164_362)
+
+    def test_no_placeholder_layers_without_batch_norm(self):
+        model = ResNet18(batch_norm=False)
+        self.assertIsNone(model.bn1)
+        self.assertIsNone(model.layer2[0].bn2)
+        types = {type(module).__name__ for module in model.modules()}
+        self.assertFalse(types & {"BatchNorm2d", "Identity"}, types)
+
+    def test_summary_rows_unchanged(self):
+        self.assertEqual(len(model_summary(ResNet18(), print_table=False)["rows"]), 49)
+        rows = model_summary(ResNet18(batch_norm=False), print_table=False)["rows"]
+        self.assertEqual(len(rows), 29)
+
+
+class TestEveryWayMatchesEager(unittest.TestCase):
+    """Convert, run at the example's batch size and another, save, load, and compare."""
+
+    def setUp(self):
+        self.enterContext(warnings.catch_warnings())
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation, on every call
+
+    def check_way(self, name, batch_norm):
+        model = network(batch_norm)
+        one, three = torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)  # (1|3, 3, 32, 32)
+        with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+            converted = infer.WAYS[name](model, one, folder)
+            for images in (one, three):  # a second batch size: the conversions are not fixed to 1
+                self.assertLess(relative_difference(converted.run(images), model(images)),
+                                TOLERANCE, f"{name}, batch {len(images)}, batch_norm={batch_norm}")
+            if converted.path is None:
+                self.assertEqual(name, "compile")  # the only way with no file
+                return
+            self.assertGreater(os.path.getsize(converted.path), 40e6)  # 11M float32 weights
+            reloaded = converted.reload()
+            self.assertTrue(torch.equal(reloaded(three), converted.run(three)), name)
+
+    def test_eager_trace_script_export_with_and_without_batch_norm(self):
+        for name in ("eager", "trace", "script", "export"):
+            for batch_norm in (True, False):
+                with self.subTest(way=name, batch_norm=batch_norm):
+                    self.check_way(name, batch_norm)
+
+    # Compiling takes tens of seconds a network on two CPU cores, so compile and AOTInductor are
+    # checked on the lab's default network only, the one with BatchNorm to fold.
+    def test_compile_with_batch_norm(self):
+        self.check_way("compile", True)
+
+    def test_aoti_with_batch_norm(self):
+        self.check_way("aoti", True)
+
+
+class TestInfer(unittest.TestCase):
+    def test_result_and_saves_after_each_way(self):
+        saved = []
+        few = {"cpu": {"warmup": 0, "min_runs": 2, "max_runs": 2, "budget_s": 0.0}}
+        with mock.patch.dict(infer.REPEATS, few):
+            result = infer.infer(Config(), save=lambda r: saved.append(list(r["ways"])),
+                                 ways=("eager", "trace"))
+        self.assertEqual(saved, [["eager"], ["eager", "trace"]])
+        self.assertEqual(result["batch_sizes"], [1, 3])
+        for name, way in result["ways"].items():
+            self.assertIsNone(way["error"], name)
+            self.assertTrue(way["reload_matches"], name)
+            self.assertEqual([row["batch_size"] for row in way["batches"]], [1, 3])
+            for row in way["batches"]:
+                self.assertEqual(row["runs"], 2)
+                self.assertLessEqual(row["median_ms"], row["p90_ms"])
+                self.assertLessEqual(row["p90_ms"], row["p99_ms"])
+                self.assertAlmostEqual(row["images_per_s"],
+                                       row["batch_size"] * 1000 / row["median_ms"])
+                self.assertTrue(row["matches_eager"])
+        self.assertIn("torch.jit.trace", "".join(result["ways"]["trace"]["warnings"]))
+        text = render.render_infer(result)
+        self.assertIn("### Batch size 3", text)
+        self.assertIn("torch.export", text)
+
+    def test_unknown_way_names_the_valid_ones(self):
+        with self.assertRaisesRegex(ValueError, "eager, trace, script, export, compile, aoti"):
+            infer.infer(Config(), ways=("onnx",))
+
+    def test_a_failing_way_is_one_line_and_the_others_go_on(self):
+        def broken(model, example, folder):
+            raise RuntimeError("no such backend\nsecond line")
+
+        few = {"cpu": {"warmup": 0, "min_runs": 1, "max_runs": 1, "budget_s": 0.0}}
+        with mock.patch.dict(infer.REPEATS, few), mock.patch.dict(infer.WAYS, {"trace": broken}):
+            result = infer.infer(Config(infer_batch_sizes=(1,)), ways=("trace", "eager"))
+        self.assertEqual(result["ways"]["trace"]["error"], "RuntimeError: no such backend")
+        self.assertIsNone(result["ways"]["eager"]["error"])
+        self.assertIn("trace failed: RuntimeError: no such backend", render.render_infer(result))
+
+
+class TestCheckpoint(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.TemporaryDirectory()
+        self.addCleanup(self.folder.cleanup)
+
+    def saved(self, state):
+        path = os.path.join(self.folder.name, "checkpoint.pt")
+        torch.save(state, path)
+        return path
+
+    def test_plain_and_wrapped_state_dicts_load(self):
+        trained = network(True)
+        for state in (trained.state_dict(), {"model": trained.state_dict(), "epoch": 3}):
+            model = infer.load_model(Config(checkpoint=self.saved(state)))
+            self.assertTrue(torch.equal(model.bn1.running_var, trained.bn1.running_var))
+            self.assertFalse(model.training)
+
+    def test_missing_file(self):
+        with self.assertRaisesRegex(infer.InferError, "cannot read checkpoint .*nowhere.pt"):
+            infer.load_model(Config(checkpoint=os.path.join(self.folder.name, "nowhere.pt")))
+
+    def test_weights_of_the_other_network(self):
+        path = self.saved(ResNet18(batch_norm=False).state_dict())
+        with self.assertRaises(infer.InferError) as caught:
+            infer.load_model(Config(checkpoint=path))
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("missing: bn1.weight", message)
+        self.assertIn("other batch_norm setting", message)
+
+    def test_wrong_shape(self):
+        path = self.saved(ResNet18(num_classes=100).state_dict())
+        shapes = r"2 wrong shape: linear.weight \(100, 512\) not \(10, 512\), linear.bias"
+        with self.assertRaisesRegex(infer.InferError, shapes):
+            infer.load_model(Config(checkpoint=path))
+
+    def test_not_a_state_dict(self):
+        with self.assertRaisesRegex(infer.InferError, "holds a list, not a state_dict"):
+            infer.load_model(Config(checkpoint=self.saved([1, 2, 3])))
+
+
+class TestPercentile(unittest.TestCase):
+    def test_known_values(self):  # numpy.percentile's defaults, worked by hand
+        self.assertEqual(infer.percentile([4, 1, 3, 2], 50), 2.5)
+        self.assertEqual(infer.percentile([1, 2, 3, 4], 0), 1)
+        self.assertEqual(infer.percentile([1, 2, 3, 4], 100), 4)
+        self.assertAlmostEqual(infer.percentile(list(range(1, 11)), 90), 9.1)
+        self.assertAlmostEqual(infer.percentile([10, 20], 99), 19.9)
+        self.assertEqual(infer.percentile([7.0], 99), 7.0)
+
+    def test_no_values(self):
+        with self.assertRaises(ValueError):
+            infer.percentile([], 50)
+
+
+class TestTraceVersusScript(unittest.TestCase):
+    def test_the_trace_keeps_the_branch_it_saw(self):
+        demo = infer.trace_versus_script()
+        self.assertEqual(demo["input"], [-1.0, -2.0, -3.0])
+        self.assertEqual(demo["eager"], [1.0, 2.0, 3.0])      # sum < 0: -x
+        self.assertEqual(demo["traced"], [-2.0, -4.0, -6.0])  # the x * 2 branch, kept
+        self.assertEqual(demo["scripted"], demo["eager"])
+        self.assertIn("might not generalize", " ".join(demo["tracer_warning"]))
+        self.assertNotIn("if", demo["traced_code"])
+        self.assertIn("if", demo["scripted_code"])
+        self.assertNotEqual(demo["export"], "exported")
+
+    def test_block_listings(self):
+        block = infer.look_at_a_block(network(True), torch.device("cpu"))
+        self.assertIn("shortcut", block["script_code"])
+        self.assertIn("prim::CallMethod", block["script_graph"])
+        self.assertEqual(block["export_code"].count("aten.conv2d"), 3)  # two 3x3 and the 1x1
+
+
+if __name__ == "__main__":
+    unittest.main()
