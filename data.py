@@ -142,7 +142,9 @@ def load_datasets(dataset="auto", data_path="./data", seed=0, train_size=None, t
     if dataset not in DATASETS:
         raise DataError(f"unknown data set {dataset!r}; choose one of: {', '.join(DATASETS)}")
     if dataset == "synthetic":
-        return _synthetic(seed, train_size, test_size, note="chosen with --dataset synthetic")
+        return _synthetic(seed, train_size, test_size, note=(
+            "chosen with --dataset synthetic: CIFAR-shaped data generated in memory; its "
+            "accuracies are not CIFAR-10's"))
     if dataset == "folder":
         train_set, test_set, info = _image_folder(Path(data_path))
     else:

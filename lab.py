@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -173,18 +173,42 @@ def c4_workers_compared(cfg, save=None):
     return result
 
 
+C3_MEASURED_ON = ("dataset", "data_path", "train_size", "seed", "batch_size", "device")
+
+
 def best_worker_count(cfg):
-    """(count, where it came from): --best-workers, else C3's results file, else a sweep."""
+    """(count, where it came from): --best-workers, else C3's results file when it was
+    measured on this run's data, slice, batch size and device, else a sweep run now.
+
+    A count measured on another slice does not carry over: on 256 images worker start-up
+    dominates and 0 workers wins, which says nothing about a full epoch.
+    """
     path = os.path.join(cfg.out, "c3.json")
     sweep = report.read_json(path)
-    measured = sweep["best_workers"] if sweep and sweep.get("complete") else None
+    measured, mismatch = None, None
+    if sweep and sweep.get("complete"):
+        mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
+        measured = None if mismatch else sweep["best_workers"]
     if cfg.best_workers is not None and cfg.best_workers != measured:
         return cfg.best_workers, "--best-workers"
+    slice_ = f"{cfg.train_size or 'all'} training images of {cfg.dataset}, batch {cfg.batch_size}"
     if measured is not None:
-        return measured, f"C3's results in {path}"
-    print("c4/c5: no C3 results and no --best-workers: sweeping the worker counts first",
-          file=sys.stderr)
-    return c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"], "a sweep run now"
+        return measured, f"C3's results in {path} (measured on {slice_})"
+    why = (f"{path} was measured with another {', '.join(mismatch)}" if mismatch
+           else "no C3 results and no --best-workers")
+    print(f"{why}: sweeping the worker counts on this run's slice first", file=sys.stderr)
+    best = c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"]
+    return best, f"a sweep run now ({why}; measured on {slice_})"
+
+
+def with_best_workers(cfg, result):
+    """cfg with the best worker count, noted in `result`; the device loader has no workers."""
+    if cfg.loader == "device":
+        result.update(best_workers=None, best_source="none needed: --loader device")
+        return cfg
+    best, source = best_worker_count(cfg)
+    result.update(best_workers=best, best_source=source)
+    return replace(cfg, num_workers=best, best_workers=best)
 
 
 def train_runs(result, save, runs):
@@ -228,20 +252,23 @@ def c5_cpu_vs_gpu(cfg, save=None):
 
 
 def c6_optimizers(cfg, save=None):
-    """C6: the five optimizers from the same initial weights and the same data order."""
+    """C6: the five optimizers from the same initial weights and the same data order,
+    with the best worker count."""
     result = {"optimizers": list(OPTIMIZERS), "lr": cfg.lr, "seed": cfg.seed, "runs": {}}
+    cfg = with_best_workers(cfg, result)
     return train_runs(result, save, [(name, replace(cfg, optimizer=name), f"{name}, ", None)
                                      for name in OPTIMIZERS])
 
 
 def c7_without_batchnorm(cfg, save=None):
     """C7: SGD without BatchNorm, against the same run with it (C6's SGD run when it matches)."""
-    cfg = replace(cfg, optimizer="sgd")
     result = {"runs": {}, "batch_norm_source": "a fresh run"}
+    cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
     c6 = report.read_json(os.path.join(cfg.out, "c6.json"))
     if (c6 and c6.get("complete") and "sgd" in c6.get("runs", {})
-            and same_training(c6["config"], asdict(replace(cfg, batch_norm=True)))):
+            and c6["runs"]["sgd"]["num_workers"] == cfg.num_workers
+            and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
         result["runs"]["with_bn"] = c6["runs"]["sgd"]
         result["batch_norm_source"] = "C6's SGD run (same configuration)"
         if save is not None:
@@ -254,10 +281,12 @@ def c7_without_batchnorm(cfg, save=None):
 def same_training(a, b):
     """Two configurations (as dicts) train the same way.
 
-    The optimizer is left out because C7 asks whether C6's SGD run, saved under a config
-    naming C6's own --optimizer, matches; the caller picks the SGD run itself.
+    The optimizer and the workers are left out because C7 asks whether C6's SGD run, saved
+    under a config naming C6's own --optimizer and --num-workers, matches; the caller picks
+    the SGD run itself and checks the workers it trained with.
     """
-    ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers"}
+    ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers",
+              "num_workers"}
     return ({k: v for k, v in a.items() if k not in ignore}
             == {k: v for k, v in b.items() if k not in ignore})
 

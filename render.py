@@ -96,11 +96,21 @@ def render_c2(result):
         "train: copy to the device, forward, loss, backward and optimizer step, device "
         "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
         "(the Python loop and the progress line). data+train is their share of the total.")
+    if result["device"]["type"] == "cuda":
+        text += "\n\n" + CUDA_SETTINGS
     if "profile" in result:  # --profile
         text += ("\n\nWith --profile the profiler records the first steps of epoch 1, which "
                  "slows them: compare epochs after the first.\n\n"
                  + render_profile(result["profile"]))
     return text
+
+
+CUDA_SETTINGS = (
+    "On CUDA, cuDNN autotuning is on (torch.backends.cudnn.benchmark = True, as in the lab's "
+    "base code): the first batch of each new shape tries several convolution algorithms and "
+    "keeps the fastest, which the device warm-up before the first timed run absorbs. On Ampere "
+    "and newer GPUs, float32 convolutions may run in TF32 (cuDNN's default), with a 10-bit "
+    "mantissa.")
 
 
 def _share(figures):
@@ -118,7 +128,7 @@ def render_c3(result):
     chart = bar_chart([f"{p['num_workers']} workers" for p in points],
                       [p["median"] for p in points], mark=f"{best} workers")
     text += f"\n\nOne epoch of data loading (no model), median of {result['repeats']} runs:\n\n"
-    text += "```\n" + chart + "\n```\n"
+    text += "```\n" + chart + "\n```\n\n" + C3_AGAINST_C2 + "\n"
     if not points:
         return text
     winner = next(p for p in points if p["num_workers"] == best)
@@ -132,11 +142,20 @@ def render_c3(result):
     return text
 
 
+C3_AGAINST_C2 = (
+    "What C3 measures: the DataLoader alone, with no model and no pinned memory, worker "
+    "start-up included: how fast the workers can deliver an epoch of batches, a throughput. "
+    "C2's data column is something else: the time the training loop waits for a batch, where "
+    "the workers prepare the next batches while the model computes, so loading that keeps up "
+    "with the model costs almost nothing there.")
+
+
 def explain_cores(points, winner, cores):
     """What the core count means for the sweep, checked against the measured times."""
-    text = (f"This machine gives the program {cores} CPU cores. Each worker is a process that "
-            "needs a core to decode and augment images, and the main process needs one too, "
-            f"so beyond {cores} workers the processes share the same cores.")
+    text = (f"This machine gives the program {cores} usable CPU cores. Each worker is a process "
+            "that needs a core to decode and augment images, and the main process needs one "
+            "too, so once the workers plus the main process outnumber the cores (from "
+            f"{cores} workers on), they take turns on the same cores.")
     at_cores = next((p for p in points if p["num_workers"] >= cores), None)
     if at_cores is None or not any(p["num_workers"] > at_cores["num_workers"] for p in points):
         return text + f" No count above {cores} was timed in this sweep."
@@ -147,9 +166,12 @@ def explain_cores(points, winner, cores):
         return text + (f" The {winner['num_workers']}-worker median is {gain:.0f}% below the "
                        f"{at_cores['num_workers']}-worker one, but their spreads overlap: noise.")
     return text + (f" Here {winner['num_workers']} workers were still {gain:.0f}% faster than "
-                   f"{at_cores['num_workers']}. Workers that wait (on a disk, say) leave their "
-                   "core to others, and with other programs busy on the same cores, more "
-                   "processes win a larger share of them; neither adds computing power.")
+                   f"{at_cores['num_workers']}, beyond the point where the processes outnumber "
+                   "the cores. More processes add no computing power, so the gain comes from "
+                   "something this sweep does not measure: workers that wait (for a disk, for "
+                   "instance) leave their core to others, and when other programs share the "
+                   "cores, more processes win a larger share of them. This sweep cannot tell "
+                   "which.")
 
 
 def c3_chart_png(result, path):
@@ -214,9 +236,11 @@ def explain_c4(one, best, best_workers):
     train_change = abs(a["train_time"] - b["train_time"]) / max(a["train_time"], b["train_time"])
     if train_change > 0.05:
         lines.append(f"- The training time itself changed by {100 * train_change:.0f}%, though the "
-                     "training work is the same: worker processes run on the same CPU cores as "
-                     "the training (on a CPU) or its host-side work (on a GPU) and take turns "
-                     "with it, and other programs on the machine do too.")
+                     "training work is the same. Worker processes share the CPU cores with the "
+                     "training (on a CPU) or its host-side work (on a GPU), and so do other "
+                     "programs on the machine; these two runs cannot tell those causes apart. "
+                     "(One-off costs are not among them: the device was warmed up before the "
+                     "first timed run.)")
     else:
         lines.append("- The training time stayed within 5%: the workers change only how long "
                      "the loop waits for data.")
@@ -266,6 +290,8 @@ def render_c5(result):
         text += (f" The GPU is **{speedup:.1f}x** faster per epoch than the CPU" if speedup >= 1
                  else f" The GPU is **{1 / speedup:.1f}x slower** per epoch than the CPU")
         text += " (mean epoch time over the epochs)."
+        if result["gpu"]["device"] == "cuda":
+            text += " " + CUDA_SETTINGS
     else:
         text += f" The GPU run was skipped: {result['gpu']['skipped']}."
     return text
@@ -323,6 +349,11 @@ def render_c7(result):
                  f"{with_bn['train_time']:.3f} s.")
         if without["diverged_at"]:
             text += f" Without BatchNorm the loss diverged in epoch {without['diverged_at']}."
+    text += ("\n\nThe convolutions have no bias in either network, as in the lab's table. "
+             "BatchNorm normalises each channel and then applies a learned scale and shift; "
+             "without it nothing rescales the activations from layer to layer, and nothing "
+             "adds a per-channel shift after a convolution: the only bias left is the final "
+             "linear layer's.")
     return text
 
 
@@ -464,8 +495,10 @@ def render_optimizer_counts(result, question):
         *[f"| {key} | {entry['tensors']:,} | {entry['elements']:,} |"
           for key, entry in state.items()],
         "",
-        "Gradients are rewritten by every backward pass and dropped by `zero_grad`; the "
-        f"optimizer state lives as long as the optimizer. {name} keeps {len(per_weight)} "
+        "`backward()` adds into `.grad`: gradients accumulate from one backward pass to the "
+        "next, which is why every step starts with `zero_grad` (here it drops them, setting "
+        "`.grad` to None). The optimizer state lives as long as the optimizer. "
+        f"{name} keeps {len(per_weight)} "
         f"number{'' if len(per_weight) == 1 else 's'} per weight "
         f"({', '.join(per_weight) or 'none'}).",
     ]
@@ -579,6 +612,16 @@ def render_c8(result):
     return "\n".join(text)
 
 
+def recompile_costs(analysis):
+    """What the last batch's step cost in the first epoch beyond later epochs, per mode."""
+    costs = [f"{mode} {row['last_step_extra']:.1f} s" for mode, row in analysis.items()
+             if mode != "eager" and row.get("last_step_extra") is not None]
+    if not costs:
+        return ""
+    return ("Compiling that second graph made the first epoch's last step slower than in later "
+            "epochs by: " + ", ".join(costs) + ".")
+
+
 def explain_compile(result):
     """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
     analysis = {row["mode"]: row for row in result.get("analysis", [])}
@@ -603,8 +646,11 @@ def explain_compile(result):
         f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
     last_batch = result["train_images"] % result["batch_size"]
     if last_batch:
-        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape: the "
-                     "first epoch compiles twice.")
+        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape. The "
+                     "model is compiled with static shapes (dynamic=False), so that batch gets "
+                     "a graph of its own, compiled in the first epoch, and full batches keep "
+                     "theirs; with dynamic shapes, every later batch would run one slower "
+                     "graph. " + recompile_costs(analysis))
     for mode, row in analysis.items():
         if mode == "eager" or row["compile_cost"] is None:
             continue

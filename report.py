@@ -71,9 +71,14 @@ def exercise_config(exercise, cfg, evaluate=None, best_workers=None):
 def finished_result(name, cfg):
     """The saved result of `name` if it is complete and was run with this very configuration."""
     saved = read_json(os.path.join(cfg.out, f"{name}.json"))
-    if saved and saved.get("complete") and saved.get("config") == asdict(cfg):
+    if saved and saved.get("complete") and saved.get("config") == as_saved(cfg):
         return saved
     return None
+
+
+def as_saved(cfg):
+    """cfg as a results file holds it, read back (a tuple comes back as a list)."""
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
@@ -156,11 +161,23 @@ def report_header(cfg, sample):
         ["torch", torch.__version__],
         ["seed", cfg.seed],
     ]
-    return ("# HPML lab report: ResNet-18 on CIFAR-10\n\n"
+    return (f"# HPML lab report: ResNet-18 on {data_title(info)}\n\n"
             "Every figure below was measured by this project and read from the results files "
             "beside this report; the line under each heading names the data, the device and "
             "the settings of that run.\n\n"
             + markdown_table(["", ""], rows, align="ll") + "\n\n")
+
+
+def data_title(info):
+    """What the runs trained on, for the report's title: CIFAR-10 only when it was."""
+    name = info.get("name")
+    if name == "cifar10":
+        return "CIFAR-10"
+    if name == "synthetic":
+        return "synthetic CIFAR-shaped data (not CIFAR-10)"
+    if name == "folder":
+        return f"the image folder {info.get('source')}"
+    return "no data yet"
 
 
 def make_output_folder(path):

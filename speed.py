@@ -343,7 +343,8 @@ def c8_compile(cfg, save=None):
     """C8: eager against each torch.compile mode, cfg.epochs epochs each, from the same weights.
 
     Compilation is timed with TorchInductor's caches off, as on a first run (a later run on
-    the same machine reuses the on-disk cache and starts much faster). The compiler's
+    the same machine reuses the on-disk cache and starts much faster). The model is compiled
+    with static shapes (train.compile_model), so a partial last batch gets a graph of its own. The compiler's
     start-up, paid once per process, is timed on its own before the first mode.
     """
     device = torch.device(cfg.device)
@@ -363,10 +364,11 @@ def c8_compile(cfg, save=None):
             torch._dynamo.reset()  # each mode compiles from scratch
             variant = replace(cfg, compile=mode != "eager",
                               compile_mode=None if mode in ("eager", "default") else mode)
-            run = {"mode": mode, "epoch_times": [], "error": None}
+            run = {"mode": mode, "epoch_times": [], "last_step_times": [], "error": None}
             try:
                 epochs = fit(variant, train_set, test_set, label=f"{mode}: ")["epochs"]
                 run["epoch_times"] = [epoch["epoch_time"] for epoch in epochs]
+                run["last_step_times"] = [epoch["last_train_time"] for epoch in epochs]
             except Exception as error:
                 run["error"] = short_error(error)
             result["runs"].append(run)
@@ -382,9 +384,13 @@ def analyse_compile(result):
     analysis = []
     eager = None
     for run in result["runs"]:
-        times = run["epoch_times"]
+        times, last_steps = run["epoch_times"], run.get("last_step_times", [])
         row = {"mode": run["mode"], "first_epoch": times[0] if times else None,
                "later_epochs": statistics.mean(times[1:]) if len(times) > 1 else None,
+               # The last batch's step in epoch 1 against later epochs: with a partial last
+               # batch, what compiling its own graph (static shapes) cost.
+               "last_step_extra": (last_steps[0] - statistics.mean(last_steps[1:])
+                                   if len(last_steps) > 1 else None),
                "compile_cost": None, "saving": None, "speedup": None,
                "payback_epochs": None, "payback_images": None}
         analysis.append(row)

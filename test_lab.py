@@ -6,6 +6,7 @@ thing computed two ways. Training runs use tiny synthetic slices so the suite ta
 
 import ast
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -28,8 +29,10 @@ from PIL import Image
 import data
 import cli
 import lab
+import machine
 import render
 import report
+import speed
 import timing
 import train
 from resnet import ResNet18
@@ -501,16 +504,32 @@ class ExperimentsTest(TempDirTest):
         self.assertEqual(result["best_workers"], 4)
         self.assertIn("not faster", result["stopped_because"])
 
+    def write_c3(self, best_workers, **config):
+        os.makedirs(self.out, exist_ok=True)
+        report.write_json(os.path.join(self.out, "c3.json"), {
+            "complete": True, "best_workers": best_workers,
+            "config": dataclasses.asdict(self.cfg(**config))})
+
     def test_c4_reads_c3s_result(self):
-        os.makedirs(self.out)
-        report.write_json(os.path.join(self.out, "c3.json"),
-                              {"complete": True, "best_workers": 0})
+        self.write_c3(0)
         result = lab.c4_workers_compared(self.cfg())
         self.assertEqual(result["best_workers"], 0)
         self.assertIn("c3.json", result["best_source"])
         self.assertEqual(result["runs"]["one_worker"]["num_workers"], 1)
         self.assertEqual(result["runs"]["best"]["num_workers"], 0)
         self.assertIn("With 1 worker, the loop waited", render.render_c4(result))
+
+    def test_a_count_measured_on_another_slice_is_not_reused(self):
+        self.write_c3(0, train_size=256)  # what `c3 --quick` leaves behind
+        sweep = mock.Mock(return_value={"best_workers": 4})
+        with mock.patch.object(lab, "c3_worker_sweep", sweep):
+            best, source = lab.best_worker_count(self.cfg(train_size=32))
+        self.assertEqual(best, 4)
+        self.assertEqual(sweep.call_args[0][0].train_size, 32)  # swept on this run's slice
+        self.assertIn("another train_size", source)
+        self.assertIn("measured on 32 training images", source)
+        with mock.patch.object(lab, "c3_worker_sweep", sweep):  # the same slice: reused
+            self.assertEqual(lab.best_worker_count(self.cfg(train_size=256))[0], 0)
 
     def test_c4_explanation_follows_the_numbers(self):
         def run(data_time, first, train_time):
@@ -549,9 +568,11 @@ class ExperimentsTest(TempDirTest):
         self.assertIsNone(result["speedup"])
         self.assertIn("skipped", render.render_c5(result))
 
-    def test_c6_five_optimizers_from_identical_weights(self):
-        result = lab.c6_optimizers(self.cfg())
+    def test_c6_five_optimizers_from_identical_weights_with_the_best_workers(self):
+        result = lab.c6_optimizers(self.cfg(best_workers=1))
         self.assertEqual(list(result["runs"]), ["sgd", "nesterov", "adagrad", "adadelta", "adam"])
+        self.assertEqual({run["num_workers"] for run in result["runs"].values()}, {1})
+        self.assertEqual(result["best_source"], "--best-workers")
         hashes = {r["model"]["initial_weights_sha256"] for r in result["runs"].values()}
         self.assertEqual(len(hashes), 1)
         for run in result["runs"].values():
@@ -559,13 +580,13 @@ class ExperimentsTest(TempDirTest):
                 self.assertTrue(epoch["diverged"] or math.isfinite(epoch["train_loss"]))
 
     def test_c6_a_diverging_optimizer_does_not_stop_the_others(self):
-        result = lab.c6_optimizers(self.cfg(lr=1e30, epochs=2))
+        result = lab.c6_optimizers(self.cfg(lr=1e30, epochs=2, best_workers=0))
         self.assertEqual(len(result["runs"]), 5)
         self.assertTrue(any(r["summary"]["diverged_at"] for r in result["runs"].values()))
         self.assertIn("diverged", render.render_c6(result))
 
     def test_c7_model_has_no_batchnorm(self):
-        result = lab.c7_without_batchnorm(self.cfg())
+        result = lab.c7_without_batchnorm(self.cfg(best_workers=0))
         without, with_bn = result["runs"]["without_bn"], result["runs"]["with_bn"]
         self.assertEqual(without["model"]["batchnorm_layers"], 0)
         self.assertEqual(without["model"]["parameters"], 11_164_362)
@@ -614,13 +635,62 @@ class ExperimentsTest(TempDirTest):
         c4 = self.load("c4")
         self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
         # The oracle: every key the results files had before the layout change is still there;
-        # new keys are only further settings and Q3/Q4's code listing.
+        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count and
+        # each epoch's last step.
         expected = json.loads((HERE / "test_results_keys.json").read_text())
         for name, keys in expected.items():
             found = flat_keys(self.load(name))
             self.assertEqual(set(keys) - found, set(), name)
-            added = {key for key in found - set(keys) if not key.startswith("/config/")}
-            self.assertLessEqual(added, {"/code"}, name)
+            added = {key for key in found - set(keys) if not key.startswith("/config/")
+                     and not key.endswith("/last_train_time")}
+            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source"}, name)
+
+
+class WordsTest(TempDirTest):
+    """What the lab says is true: the data named as used, gradients, cores, static shapes."""
+
+    def test_synthetic_data_is_never_called_cifar10(self):
+        _, _, info = data.load_datasets("synthetic", train_size=8, test_size=8)
+        self.assertIn("not CIFAR-10's", info["note"])
+        self.assertEqual(report.data_title(info), "synthetic CIFAR-shaped data (not CIFAR-10)")
+        self.assertEqual(report.data_title({"name": "cifar10"}), "CIFAR-10")
+        header = report.report_header(lab.Config(), {"dataset": info})
+        self.assertTrue(header.startswith("# HPML lab report: ResNet-18 on synthetic"), header)
+
+    def test_backward_accumulates_into_grad_as_q3_says(self):
+        layer = nn.Linear(3, 1)
+        for _ in range(2):
+            layer(torch.ones(1, 3)).sum().backward()
+        self.assertTrue(torch.equal(layer.weight.grad, torch.full((1, 3), 2.0)))  # 1 + 1
+        text = render.render_q3(lab.q3_sgd_parameters(lab.Config()))
+        self.assertIn("gradients accumulate", text)
+        self.assertNotIn("rewritten", text)
+
+    def test_usable_cores_follow_a_cgroup_quota(self):
+        quota = self.tmp / "cpu.max"
+        quota.write_text("150000 100000\n")  # one and a half cores' worth of time
+        self.assertEqual(machine.usable_cores(str(quota)), 1)
+        quota.write_text("max 100000\n")
+        self.assertEqual(machine.usable_cores(str(quota)), len(os.sched_getaffinity(0)))
+        self.assertEqual(machine.usable_cores(str(self.tmp / "none")),
+                         len(os.sched_getaffinity(0)))
+
+    def test_compiled_training_uses_static_shapes(self):
+        with mock.patch.object(torch, "compile") as compile_:
+            train.compile_model(nn.Linear(1, 1))
+        self.assertIs(compile_.call_args.kwargs["dynamic"], False)
+
+    def test_c8_says_what_the_last_batchs_recompile_cost(self):
+        runs = [{"mode": "eager", "epoch_times": [10.0, 9.0, 9.0],
+                 "last_step_times": [0.5, 0.5, 0.5], "error": None},
+                {"mode": "default", "epoch_times": [60.0, 6.0, 6.0],
+                 "last_step_times": [20.5, 0.4, 0.4], "error": None}]
+        result = {"runs": runs, "train_images": 300, "batch_size": 128, "epochs": 3,
+                  "compiler_startup_time": 1.0, "note": None}
+        result["analysis"] = speed.analyse_compile(result)
+        text = render.explain_compile(result)
+        self.assertIn("static shapes (dynamic=False)", text)
+        self.assertIn("default 20.1 s", text)
 
 
 class LayoutTest(unittest.TestCase):

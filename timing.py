@@ -64,7 +64,8 @@ class EpochTimer:
 
     Each window starts and ends with the device synchronised, so no GPU work leaks from one
     window into the next. `first_batch_time` is the first `data()` window of the epoch: with
-    worker processes it is mostly their start-up.
+    worker processes it is mostly their start-up. `last_train_time` is the last `train()`
+    window: a partial last batch's step on its own.
     """
 
     def __init__(self, device="cpu"):
@@ -73,6 +74,7 @@ class EpochTimer:
         self.train_time = 0.0
         self.epoch_time = 0.0
         self.first_batch_time = None
+        self.last_train_time = None
 
     @property
     def other_time(self):
@@ -90,6 +92,8 @@ class EpochTimer:
             setattr(self, name, getattr(self, name) + elapsed)
             if name == "data_time" and self.first_batch_time is None:
                 self.first_batch_time = elapsed
+            if name == "train_time":
+                self.last_train_time = elapsed
 
     def epoch(self):
         return self._window("epoch_time")
@@ -107,6 +111,7 @@ class EpochTimer:
             "other_time": self.other_time,
             "epoch_time": self.epoch_time,
             "first_batch_time": self.first_batch_time,
+            "last_train_time": self.last_train_time,
         }
 
 
