@@ -15,6 +15,7 @@ import torch
 
 from data import DATASETS
 from machine import gpu_device
+from parallel import launched_by_torchrun
 from train import LOADERS, OPTIMIZERS
 
 
@@ -74,7 +75,7 @@ def build_parser(defaults, exercises):
     add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
-    add_beyond_options(parser.add_argument_group("beyond the lab (infer)"), d)
+    add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp)"), d)
     return parser
 
 
@@ -122,7 +123,16 @@ def add_run_options(parser, d, quick):
 def add_beyond_options(beyond, d):
     beyond.add_argument("--batch-sizes", type=batch_sizes, metavar="N,N,...",
                         help="infer: the batch sizes to time (default: "
-                             f"{','.join(map(str, d.infer_batch_sizes))})")
+                             f"{','.join(map(str, d.infer_batch_sizes))}); ddp: the batches "
+                             f"per process (default: {','.join(map(str, d.ddp_batch_sizes))})")
+    beyond.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: SyncBatchNorm, statistics over the global batch "
+                             "(needs CUDA; default: each process normalises its own batch)")
+    beyond.add_argument("--max-procs", type=positive_int, metavar="N",
+                        help="ddp: world sizes 1, 2, 4, ... up to N (default: the GPUs, or 2 "
+                             "on a CPU)")
+    beyond.add_argument("--steps", dest="ddp_steps", type=positive_int, metavar="N",
+                        help="ddp: timed steps per run (default: 20 on a GPU, 1 on a CPU)")
     beyond.add_argument("--checkpoint", metavar="FILE",
                         help="infer: a saved state_dict of ResNet-18 to load (default: fresh "
                              "weights from --seed)")
@@ -190,7 +200,11 @@ def parse_args(argv, config_class, exercises):
     given["compile"] = args.compile is not None
     given["compile_mode"] = None if args.compile in (None, "default") else args.compile
     if args.batch_sizes is not None:
-        given["infer_batch_sizes"] = args.batch_sizes
+        field = exercises[args.exercise].batch_sizes if args.exercise in exercises else None
+        if field is None:
+            raise UsageError(f"--batch-sizes is for {', '.join(k for k, e in exercises.items() if e.batch_sizes)}; "
+                             f"{args.exercise} takes --batch-size")
+        given[field] = args.batch_sizes
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
     return args.exercise, config_class(**given), args.evaluate, args.force
@@ -210,6 +224,13 @@ def check(args, exercises):
     if args.loader == "device" and exercise is not None and exercise.sweeps_workers:
         raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
                          "--loader device has none")
+    if launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
+        names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
+        raise UsageError(f"{args.exercise} does not run under torchrun; {names} train "
+                         "data-parallel")
+    if launched_by_torchrun() and args.loader == "device":
+        raise UsageError("--loader device holds the whole training set on one device; under "
+                         "torchrun use the DataLoader (--loader torch)")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):

@@ -260,8 +260,9 @@ def _download_cifar10(root):
 
 
 def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=False,
-                multiprocessing_context=None):
-    """A DataLoader whose shuffling order depends only on `seed`.
+                multiprocessing_context=None, sampler=None):
+    """A DataLoader whose shuffling order depends only on `seed` (or on `sampler`'s, which
+    then chooses the order: a DistributedSampler gives each rank its share).
 
     Each epoch starts fresh workers (`persistent_workers=False`, the default), which is what
     the lab measures: worker start-up is part of every epoch's data-loading time.
@@ -269,7 +270,8 @@ def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=Fa
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),

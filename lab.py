@@ -30,6 +30,8 @@ import report
 from data import DataError, datasets_for, make_loader
 from machine import gpu_device, usable_cores
 from resnet import ResNet18
+import parallel
+from ddp import ddp_study
 from infer import InferError, infer
 from speed import bench, c8_compile, profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
@@ -66,9 +68,13 @@ class Config:
     repeats: int = 3               # C3: timings per worker count (the median is used)
     best_workers: int = None       # C4-C7: the best worker count, when it is known
     quick: bool = False            # the small slices below, for a quick run on a CPU
-    # Beyond the lab: inference (infer).
+    # Beyond the lab: inference (infer) and data-parallel training (torchrun, ddp).
     infer_batch_sizes: tuple = (1, 128)
     checkpoint: str = None         # a saved state_dict of ResNet-18; None: fresh weights
+    sync_bn: bool = False          # under torchrun: SyncBatchNorm over the global batch
+    max_procs: int = None          # ddp: world sizes 1, 2, 4, ... up to this; None: GPUs, or 2
+    ddp_batch_sizes: tuple = (32, 128, 512)   # ddp: batch per process
+    ddp_steps: int = None          # ddp: timed steps per run; None: 20 on a GPU, 1 on a CPU
 
     QUICK: ClassVar[dict] = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
 
@@ -557,15 +563,17 @@ class Exercise:
     sweeps_workers: bool = False   # varies the DataLoader's workers itself: no --loader device
     finds_best_workers: bool = False  # measures the best worker count (C3)
     takes_best_workers: bool = False  # trains with that count
+    data_parallel: bool = False    # trains data-parallel when launched by torchrun
+    batch_sizes: str = None        # the Config field that --batch-sizes sets
     in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
     chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
-                   names_settings=True),
+                   names_settings=True, data_parallel=True),
     "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
-                   profiles=True),
+                   profiles=True, data_parallel=True),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
                    chart=render.c3_chart_png),
@@ -574,9 +582,9 @@ EXERCISES = {
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
                    takes_best_workers=True),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
-                   names_settings=True, takes_best_workers=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
-                   names_settings=True, takes_best_workers=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True),
     # The questions read only the model and take a second: no data, nothing to save midway.
     "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
                    uses_data=False, saves_progress=False),
@@ -594,23 +602,34 @@ EXERCISES = {
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
                       render.render_bench, uses_data=False, in_lab=False),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
-                      render.render_infer, uses_data=False, in_lab=False),
+                      render.render_infer, uses_data=False, in_lab=False,
+                      batch_sizes="infer_batch_sizes"),
+    "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
+                    ddp_study, render.render_ddp, uses_data=False, in_lab=False,
+                    batch_sizes="ddp_batch_sizes"),
 }
 
 
 def main(argv=None):
-    """Parse the command line, run the exercise (or `all`), and say how it ended."""
+    """Parse the command line, run the exercise (or `all`), and say how it ended.
+
+    Launched by torchrun, every process runs this; they join one process group first.
+    """
     cfg = Config()
     try:
         name, cfg, evaluate, force = cli.parse_args(sys.argv[1:] if argv is None else argv,
                                                     Config, EXERCISES)
+        if parallel.launched_by_torchrun():
+            parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
         report.make_output_folder(cfg.out)
         if name == "all":
             report.run_all(cfg, EXERCISES, evaluate, force)
         else:
             exercise = EXERCISES[name]
             report.run_exercise(name, exercise, report.exercise_config(exercise, cfg, evaluate))
-    except (cli.UsageError, DataError, report.OutputError, InferError) as error:
+        parallel.stop()
+    except (cli.UsageError, DataError, report.OutputError, InferError,
+            parallel.DistributedError) as error:
         print(f"lab.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

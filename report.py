@@ -19,11 +19,18 @@ import torch
 
 from data import datasets_for
 from machine import cpu_model, device_name, gpu_device, usable_cores
+from parallel import current_world, world_facts
 from render import describe_run, markdown_table
 
 
 def run_exercise(name, exercise, cfg, stream=None):
-    """Run one exercise, saving `<out>/<name>.json` after each step; print its tables."""
+    """Run one exercise, saving `<out>/<name>.json` after each step; print its tables.
+
+    Under torchrun every rank runs the exercise, but only rank 0 prints and writes.
+    """
+    world = current_world()
+    if world is not None and not world.is_main:
+        return exercise.run(cfg, lambda partial: None)
     stream = stream or sys.stdout
     info = datasets_for(cfg)[2] if exercise.uses_data else None
     header = {
@@ -36,6 +43,8 @@ def run_exercise(name, exercise, cfg, stream=None):
         "torch_version": torch.__version__,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    if world is not None:
+        header["distributed"] = world_facts(world, cfg.batch_size, cfg.sync_bn)
     path = os.path.join(cfg.out, f"{name}.json")
     print(f"\n## {exercise.title}\n", file=stream, flush=True)
     if exercise.uses_data:

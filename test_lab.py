@@ -29,7 +29,6 @@ from PIL import Image
 import data
 import cli
 import lab
-import machine
 import render
 import report
 import speed
@@ -647,7 +646,7 @@ class ExperimentsTest(TempDirTest):
 
 
 class WordsTest(TempDirTest):
-    """What the lab says is true: the data named as used, gradients, cores, static shapes."""
+    """What the lab says is true: the data named as used, gradients, static shapes."""
 
     def test_synthetic_data_is_never_called_cifar10(self):
         _, _, info = data.load_datasets("synthetic", train_size=8, test_size=8)
@@ -665,15 +664,6 @@ class WordsTest(TempDirTest):
         text = render.render_q3(lab.q3_sgd_parameters(lab.Config()))
         self.assertIn("gradients accumulate", text)
         self.assertNotIn("rewritten", text)
-
-    def test_usable_cores_follow_a_cgroup_quota(self):
-        quota = self.tmp / "cpu.max"
-        quota.write_text("150000 100000\n")  # one and a half cores' worth of time
-        self.assertEqual(machine.usable_cores(str(quota)), 1)
-        quota.write_text("max 100000\n")
-        self.assertEqual(machine.usable_cores(str(quota)), len(os.sched_getaffinity(0)))
-        self.assertEqual(machine.usable_cores(str(self.tmp / "none")),
-                         len(os.sched_getaffinity(0)))
 
     def test_compiled_training_uses_static_shapes(self):
         with mock.patch.object(torch, "compile") as compile_:

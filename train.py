@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
+import parallel
 from data import DeviceLoader, make_loader
 from resnet import ResNet18
 from timing import EpochTimer, synchronize
@@ -50,10 +51,13 @@ def make_model(cfg, device):
     return model
 
 
-def make_training(cfg, device):
-    """(model, optimizer, scaler) as cfg says: the model compiled if asked, and the gradient
-    scaler that float16 autocast needs (None otherwise)."""
+def make_training(cfg, device, world=None):
+    """(model, optimizer, scaler) as cfg says: in DistributedDataParallel when `world` is a
+    torchrun world, compiled if asked, and the gradient scaler that float16 autocast needs."""
     model = make_model(cfg, device)
+    if world is not None:
+        parallel.same_initial_weights(model, world)  # the evidence, before DDP copies rank 0's
+        model = parallel.wrap(model, world, cfg.sync_bn)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     if cfg.compile:
         model = compile_model(model, cfg.compile_mode)
@@ -67,12 +71,13 @@ def compile_model(model, mode=None):
     return torch.compile(model, mode=mode, dynamic=False)
 
 
-def make_loaders(cfg, train_set, test_set, device):
+def make_loaders(cfg, train_set, test_set, device, sampler=None):
     """(train_loader, test_loader) as cfg.loader says; the test loader is None unless cfg.evaluate.
 
-    "torch" is the lab's DataLoader with cfg.num_workers workers (pinned memory on CUDA);
-    "device" is a DeviceLoader: the training set augmented on the device, and the test set
-    un-augmented and in order, so its images equal the test transform's.
+    "torch" is the lab's DataLoader with cfg.num_workers workers (pinned memory on CUDA), the
+    training set split by `sampler` when one is given; "device" is a DeviceLoader: the
+    training set augmented on the device, and the test set un-augmented and in order, so its
+    images equal the test transform's.
     """
     if cfg.loader not in LOADERS:
         raise ValueError(f"unknown loader {cfg.loader!r}; choose one of: {', '.join(LOADERS)}")
@@ -83,7 +88,8 @@ def make_loaders(cfg, train_set, test_set, device):
     else:
         def loader(dataset, batch_size, train):
             return make_loader(dataset, batch_size, shuffle=train, num_workers=cfg.num_workers,
-                               seed=cfg.seed, pin_memory=device.type == "cuda")
+                               seed=cfg.seed, pin_memory=device.type == "cuda",
+                               sampler=sampler if train else None)
     train_loader = loader(train_set, cfg.batch_size, train=True)
     test_loader = loader(test_set, cfg.test_batch_size, train=False) if cfg.evaluate else None
     return train_loader, test_loader
@@ -192,20 +198,30 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
 
     The run is {"model": model_facts(...), "epochs": [one dict per epoch], "summary": ...}.
     It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
-    `profiler` (speed.py's `Profile`) is stepped after every training step.
+    `profiler` (speed.py's `Profile`) is stepped after every training step. Under torchrun
+    (parallel.py) each rank trains on its share of every epoch, and the epoch's figures are
+    summed over the ranks; only rank 0 shows progress.
     """
-    device = torch.device(cfg.device)
+    world = parallel.current_world()
+    device = torch.device(world.device if world else cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the lab's base code: autotune convolutions
     warm_up(cfg, device)
-    model, optimizer, scaler = make_training(cfg, device)
+    model, optimizer, scaler = make_training(cfg, device, world)
     run = {"model": model_facts(model), "epochs": [], "summary": summarize([])}
-    train_loader, test_loader = make_loaders(cfg, train_set, test_set, device)
+    sampler = parallel.sampler(train_set, world, cfg.seed) if world else None
+    train_loader, test_loader = make_loaders(cfg, train_set, test_set, device, sampler)
+    shown = world is None or world.is_main
     for epoch in range(1, cfg.epochs + 1):
-        progress = Progress(f"{label}epoch {epoch}/{cfg.epochs}", len(train_loader.dataset))
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+        progress = Progress(f"{label}epoch {epoch}/{cfg.epochs}",
+                            len(sampler) if sampler else len(train_loader.dataset), shown=shown)
         result = {"epoch": epoch}
         result.update(train_one_epoch(model, train_loader, optimizer, device, cfg.amp,
                                       cfg.channels_last, scaler, progress, profiler))
+        if world is not None:
+            result.update(parallel.reduce_epoch(result, world))
         result["diverged"] = not math.isfinite(result["train_loss"])
         result["test_accuracy"] = None
         if cfg.evaluate and not result["diverged"]:
@@ -289,10 +305,10 @@ class Progress:
     elsewhere (a log file, a batch job) the same line printed plainly every tenth of the epoch.
     Printing never stops the training: a closed or full stream is ignored."""
 
-    def __init__(self, label, total, stream=None):
+    def __init__(self, label, total, stream=None, shown=True):
         self.label = label
         self.total = total
-        self.stream = stream or sys.stderr
+        self.stream = (stream or sys.stderr) if shown else None
         self.live = _isatty(self.stream)
         self.start = time.perf_counter()
         self.next_tenth = 1
@@ -317,6 +333,8 @@ class Progress:
         self._write(("\r" + line + " " * 10 + "\n") if self.live else line + "\n")
 
     def _write(self, text):
+        if self.stream is None:  # a rank other than 0
+            return
         try:
             self.stream.write(text)
             self.stream.flush()
