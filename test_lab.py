@@ -460,10 +460,13 @@ class CommandLineTest(TempDirTest):
         while time.time() < deadline and not path.exists():
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # an impatient second Ctrl-C, during the shutdown
         _, err = process.communicate(timeout=60)
         self.assertEqual(process.returncode, 130, err)
         self.assertIn("interrupted", err)
         self.assertNotIn("Traceback", err)
+        self.assertNotIn("Exception ignored", err)
         result = self.load("c1")
         self.assertFalse(result["complete"])
         self.assertGreaterEqual(len(result["epochs"]), 1)
