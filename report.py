@@ -123,8 +123,8 @@ def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
             each = exercise_config(exercise, cfg, evaluate, best)
             result = None if force else finished_result(name, each, exercise)
             if result is not None:
-                print(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
-                      "skipped (--force reruns it)", file=stream, flush=True)
+                show(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
+                     "skipped (--force reruns it)", stream)
             else:
                 result = run_exercise(name, exercise, each, stream)
                 write_report(cfg, exercises)
@@ -132,7 +132,7 @@ def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
                 best = result["best_workers"]  # C3's count, for the exercises after it
     finally:
         path = write_report(cfg, exercises)
-        print(f"\nlab report: {path}", file=stream, flush=True)
+        show(f"\nlab report: {path}", stream)
     return path
 
 
