@@ -505,9 +505,9 @@ class ExperimentsTest(TempDirTest):
         self.assertIn("not faster", result["stopped_because"])
 
     def test_c4_reads_c3s_result(self):
-        os.makedirs(self.out)
-        report.write_json(os.path.join(self.out, "c3.json"),
-                              {"complete": True, "best_workers": 0})
+        # A real C3 results file (a hand-made one without run_exercise's header is rerun).
+        report.run_exercise("c3", lab.EXERCISES["c3"], self.cfg(max_workers=0, repeats=1),
+                            io.StringIO())
         result = lab.c4_workers_compared(self.cfg())
         self.assertEqual(result["best_workers"], 0)
         self.assertIn("c3.json", result["best_source"])
