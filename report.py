@@ -34,6 +34,9 @@ except ImportError:  # Windows: no advisory locks; two runs there must not share
 def run_exercise(name, exercise, cfg, stream=None):
     """Run one exercise, saving `<out>/<name>.json` after each step; print its tables."""
     stream = stream or sys.stdout
+    path = os.path.join(cfg.out, f"{name}.json")
+    if os.path.isdir(path):  # found now, not when the first epoch is to be saved
+        raise OutputError(f"{path} is a folder, so {name}'s results cannot be saved; move it away")
     info = datasets_for(cfg)[2] if exercise.uses_data else None
     header = {
         "exercise": name,
@@ -45,7 +48,6 @@ def run_exercise(name, exercise, cfg, stream=None):
         "torch_version": torch.__version__,
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    path = os.path.join(cfg.out, f"{name}.json")
     show(f"\n## {exercise.title}\n", stream)
     if exercise.uses_data:
         show(describe_run(header, exercise.names_settings) + "\n", stream)

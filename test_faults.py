@@ -168,6 +168,9 @@ class ResultsFileTest(TempDirTest):
         os.mkdir(self.path)
         self.assertEqual(report.read_result(self.path, "c2")[1], f"{self.path} is not a file")
         report.write_report(self.cfg, lab.EXERCISES)  # no IsADirectoryError
+        with mock.patch.object(lab, "fit", side_effect=AssertionError("trained")):
+            status, _, err = run_lab("c2", *TINY, "--out", self.out)
+        one_line(self, status, err, "c2.json is a folder, so c2's results cannot be saved")
 
     def test_c4_does_not_trust_a_bad_best_worker_count(self):
         c3 = {**{k: self.good[k] for k in report.HEADER}, "exercise": "c3", "points": [],
