@@ -8,14 +8,17 @@ one line and exit status 2.
 """
 
 import argparse
+import math
 import os
+import shutil
 from dataclasses import fields, replace
 
 import torch
 
 from data import DATASETS
-from machine import gpu_device
+from machine import gpu_device, usable_cores, worker_limit
 from parallel import launched_by_torchrun
+from render import notice
 from train import LOADERS, OPTIMIZERS
 
 
@@ -44,8 +47,8 @@ def non_negative_int(text):
 
 def positive_float(text):
     value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    if not (value > 0 and math.isfinite(value)):  # nan and inf would only train to NaN
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text}")
     return value
 
 
@@ -53,7 +56,8 @@ def _number(text, kind):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        words = {int: "a whole number", float: "a number"}
+        raise argparse.ArgumentTypeError(f"{text!r} is not {words[kind]}") from None
 
 
 def build_parser(defaults, exercises):
@@ -205,6 +209,11 @@ def parse_args(argv, config_class, exercises):
             raise UsageError(f"--batch-sizes is for {', '.join(k for k, e in exercises.items() if e.batch_sizes)}; "
                              f"{args.exercise} takes --batch-size")
         given[field] = args.batch_sizes
+    if given["compile"] and given["device"] == "cpu":
+        check_compiler()
+    if args.amp == "fp16" and given["device"] == "cpu":
+        notice("lab.py: warning: --amp fp16 on the CPU is emulated and many times slower than "
+               "no --amp (26x in this project's bench); bf16 is the CPU's half precision")
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
     return args.exercise, config_class(**given), args.evaluate, args.force
@@ -235,3 +244,26 @@ def check(args, exercises):
         raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out} is a file; it must be a folder")
+    for option in ("num_workers", "max_workers", "best_workers"):
+        if (getattr(args, option) or 0) > worker_limit():
+            raise UsageError(f"--{option.replace('_', '-')} {getattr(args, option)} is more "
+                             f"workers than is sensible here: at most {worker_limit()} (4 per "
+                             f"core, at least 64; this machine gives {usable_cores()} cores)")
+
+
+def check_compiler():
+    """--compile on the CPU: torch's inductor writes C++ and builds it with the compiler torch
+    finds (g++, or $CXX). Without one the first step fails with a 100-line traceback; say so
+    at once instead."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a torch that moved it: look on PATH as it would
+        found = any(shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++") if name)
+    else:
+        try:
+            found = bool(get_cpp_compiler())
+        except Exception:  # torch's InvalidCxxCompiler, or any failure to find or run one
+            found = False
+    if not found:
+        raise UsageError("--compile on the CPU needs a C++ compiler (g++, or the one $CXX "
+                         "names) and none works here: install one, or leave out --compile")

@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
+from machine import available_memory, cannot_write
+
 DATASETS = ("auto", "cifar10", "folder", "synthetic")
 CIFAR10_TRAIN_IMAGES = 50_000
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -173,6 +175,7 @@ def datasets_for(cfg):
 def _synthetic(seed, train_size, test_size, note):
     train_size = 50_000 if train_size is None else train_size
     test_size = 10_000 if test_size is None else test_size
+    _check_memory(train_size, test_size)
     train_set = SyntheticCIFAR(train_size, seed, train=True, transform=train_transform())
     test_set = SyntheticCIFAR(test_size, seed, train=False, transform=test_transform())
     info = {"name": "synthetic", "source": f"generated in memory from seed {seed}",
@@ -180,11 +183,28 @@ def _synthetic(seed, train_size, test_size, note):
     return train_set, test_set, info
 
 
+# Generating a synthetic image holds its pixels about three times over (the chunks, their
+# concatenation, the channels-last copy), 32 x 32 x 3 bytes each, plus its label and indices.
+SYNTHETIC_BYTES_PER_IMAGE = 3 * 32 * 32 * 3 + 64
+
+
+def _check_memory(train_size, test_size, available=None):
+    """DataError when generating the synthetic images would need more memory than is free."""
+    available = available_memory() if available is None else available
+    needed = (train_size + test_size) * SYNTHETIC_BYTES_PER_IMAGE
+    if available is not None and needed > available:
+        raise DataError(f"{train_size} training and {test_size} test images of synthetic data "
+                        f"need about {needed / 2**30:.3g} GiB of memory to generate, and "
+                        f"{available / 2**30:.1f} GiB is free: ask for fewer with "
+                        "--train-size and --test-size")
+
+
 def _image_folder(root):
     missing = [str(root / split) for split in ("train", "test") if not (root / split).is_dir()]
     if missing:
         raise DataError(f"--dataset folder needs {root}/train/<class>/* and {root}/test/<class>/*;"
                         f" not found: {', '.join(missing)}")
+    _refuse_link_loops(root)
     try:
         train_set = datasets.ImageFolder(root / "train", transform=train_transform())
         test_set = datasets.ImageFolder(root / "test", transform=test_transform())
@@ -195,9 +215,49 @@ def _image_folder(root):
     if len(train_set.classes) != len(CIFAR10_CLASSES):
         raise DataError(f"{root}/train has {len(train_set.classes)} class folders; the lab's "
                         f"ResNet-18 classifies {len(CIFAR10_CLASSES)}")
+    _check_images(train_set)
+    _check_images(test_set)
     info = {"name": "folder", "source": str(root), "note": "image folder",
             "classes": train_set.classes}
     return train_set, test_set, info
+
+
+def _refuse_link_loops(root):
+    """DataError naming a symbolic link that leads back to a folder it is in.
+
+    torchvision's walk follows links, so such a loop repeats a class until the system stops
+    it (40 levels deep), and a link back to train/ itself would branch without end.
+    """
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        parts = Path(folder).relative_to(root).parts
+        above = {os.path.realpath(root.joinpath(*parts[:i])) for i in range(len(parts) + 1)}
+        for name in subfolders:
+            link = os.path.join(folder, name)
+            if os.path.realpath(link) in above:
+                raise DataError(f"{link} is a symbolic link back to {os.path.realpath(link)}, "
+                                "a folder it is in, so its images would be read again and "
+                                "again; remove the link")
+
+
+def _check_images(dataset):
+    """Decode every image of an ImageFolder once, at load; DataError naming the first that is
+    broken or not CIFAR's 32x32.
+
+    A full decode, not only the header that Image.open reads: a truncated file has a good
+    header and would fail in the middle of an epoch, or in the test after it, losing that
+    epoch. At 32x32 a decode takes tens of microseconds: less than one epoch's loading.
+    """
+    for path, _ in dataset.samples:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise DataError(f"{path} is not a readable image ({error}); remove or "
+                            "replace it") from None
+        if (width, height) != (32, 32):
+            raise DataError(f"{path} is {width}x{height}; the lab's images are CIFAR-10's "
+                            "32x32: resize the folder's images first")
 
 
 def _cifar10(root, required):
@@ -245,9 +305,10 @@ def _download_cifar10(root):
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(f"--data-path {root} cannot be created: {error.strerror}") from None
-    if not os.access(root, os.W_OK):
-        raise DataError(f"--data-path {root} cannot be written")
+        return f"--data-path {root} cannot be created: {error.strerror}"
+    unwritable = cannot_write(root)
+    if unwritable:  # --dataset auto then falls back to synthetic data, as documented
+        return f"--data-path {root} cannot be written: {unwritable}"
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # torchvision's urllib call has no timeout of its own
     try:
@@ -265,11 +326,12 @@ def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=Fa
     then chooses the order: a DistributedSampler gives each rank its share).
 
     Each epoch starts fresh workers (`persistent_workers=False`, the default), which is what
-    the lab measures: worker start-up is part of every epoch's data-loading time.
+    the lab measures: worker start-up is part of every epoch's data-loading time. A batch
+    larger than the data set is the whole data set (and torch refuses one past sys.maxsize).
     """
-    return DataLoader(
+    return WorkerLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=min(batch_size, max(len(dataset), 1)),
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
@@ -277,6 +339,18 @@ def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=Fa
         generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
     )
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader without torch's warning about more workers than its suggested maximum.
+
+    The lab runs past the core count on purpose (C3 measures what that costs and says so).
+    torch warns both when a loader is built and each time it is iterated, so under
+    `python -W error` the run would fail there; this check is the one place behind both.
+    """
+
+    def check_worker_number_rationality(self):
+        pass
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,14 +10,19 @@ and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The 
 render.py, the results files and REPORT.md in report.py, the command line in cli.py.
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch loads, before anything started: just stop
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+import contextlib
 import inspect
 import itertools
 import math
 import os
 import statistics
-import sys
 import time
-import warnings
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -25,14 +30,14 @@ import torch
 import torch.nn as nn
 
 import cli
+import parallel
 import render
 import report
 from data import DataError, datasets_for, make_loader
-from machine import gpu_device, usable_cores
-from resnet import ResNet18
-import parallel
 from ddp import ddp_study
 from infer import InferError, infer
+from machine import gpu_device, usable_cores, worker_limit
+from resnet import ResNet18
 from speed import bench, c8_compile, profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
@@ -122,7 +127,7 @@ def c3_worker_sweep(cfg, save=None):
     count is timed cfg.repeats times and ranked by the median.
     """
     cores = usable_cores()
-    top = cfg.max_workers if cfg.max_workers is not None else 4 * max(cores, 16)
+    top = cfg.max_workers if cfg.max_workers is not None else worker_limit()
     counts = sorted(set(range(0, top + 1, 4)) | ({cores} if cores <= top else set()))
     result = {"cores": cores, "max_workers": cfg.max_workers, "repeats": cfg.repeats,
               "points": [], "best_workers": None, "stopped_because": None}
@@ -130,8 +135,6 @@ def c3_worker_sweep(cfg, save=None):
         times = sorted(loader_epoch_time(cfg, num_workers) for _ in range(cfg.repeats))
         point = {"num_workers": num_workers, "median": statistics.median(times),
                  "min": times[0], "max": times[-1], "times": times}
-        print(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
-              f"(min {point['min']:.3f}, max {point['max']:.3f})", file=sys.stderr, flush=True)
         # The stop rule follows 0, 4, 8, ...; the core count is an extra point beside them.
         on_the_rule = [p for p in result["points"] if p["num_workers"] % 4 == 0]
         previous = on_the_rule[-1] if on_the_rule and num_workers % 4 == 0 else None
@@ -139,6 +142,8 @@ def c3_worker_sweep(cfg, save=None):
         result["best_workers"] = min(result["points"], key=lambda p: p["median"])["num_workers"]
         if save is not None:
             save(result)
+        render.notice(f"c3: {num_workers:>2} workers: median {point['median']:.3f} s "
+                      f"(min {point['min']:.3f}, max {point['max']:.3f})")
         if cfg.max_workers is None and previous and point["median"] >= previous["median"]:
             result["stopped_because"] = (f"{num_workers} workers were not faster than "
                                          f"{previous['num_workers']}")
@@ -155,14 +160,12 @@ def loader_epoch_time(cfg, num_workers):
     and stops after the last batch, when they have been shut down.
     """
     train_set = datasets_for(cfg)[0]
-    with warnings.catch_warnings():  # torch warns past the core count; C3 explains it instead
-        warnings.filterwarnings("ignore", message="This DataLoader will create")
-        loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
-                             seed=cfg.seed)
-        start = time.perf_counter()
-        for _ in loader:
-            pass
-        return time.perf_counter() - start
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
+                         seed=cfg.seed)  # no warning past the core count: C3 explains it
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,9 +193,11 @@ def best_worker_count(cfg):
     dominates and 0 workers wins, which says nothing about a full epoch.
     """
     path = os.path.join(cfg.out, "c3.json")
-    sweep = report.read_json(path)
+    sweep, why = report.read_result(path, "c3", EXERCISES["c3"].render)
+    if why:
+        render.notice(f"c4-c7: not using {why}")
     measured, mismatch = None, None
-    if sweep and sweep.get("complete"):
+    if sweep and sweep["complete"]:
         mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
         measured = None if mismatch else sweep["best_workers"]
     if cfg.best_workers is not None and cfg.best_workers != measured:
@@ -202,7 +207,7 @@ def best_worker_count(cfg):
         return measured, f"C3's results in {path} (measured on {slice_})"
     why = (f"{path} was measured with another {', '.join(mismatch)}" if mismatch
            else "no C3 results and no --best-workers")
-    print(f"{why}: sweeping the worker counts on this run's slice first", file=sys.stderr)
+    render.notice(f"{why}: sweeping the worker counts on this run's slice first")
     best = c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"]
     return best, f"a sweep run now ({why}; measured on {slice_})"
 
@@ -271,8 +276,10 @@ def c7_without_batchnorm(cfg, save=None):
     result = {"runs": {}, "batch_norm_source": "a fresh run"}
     cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
-    c6 = report.read_json(os.path.join(cfg.out, "c6.json"))
-    if (c6 and c6.get("complete") and "sgd" in c6.get("runs", {})
+    c6, why = report.read_result(os.path.join(cfg.out, "c6.json"), "c6", EXERCISES["c6"].render)
+    if why:
+        render.notice(f"c7: not using {why}")
+    if (c6 and c6["complete"] and "sgd" in c6.get("runs", {})
             and c6["runs"]["sgd"]["num_workers"] == cfg.num_workers
             and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
         result["runs"]["with_bn"] = c6["runs"]["sgd"]
@@ -621,19 +628,24 @@ def main(argv=None):
                                                     Config, EXERCISES)
         if parallel.launched_by_torchrun():
             parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
-        report.make_output_folder(cfg.out)
-        if name == "all":
-            report.run_all(cfg, EXERCISES, evaluate, force)
-        else:
-            exercise = EXERCISES[name]
-            report.run_exercise(name, exercise, report.exercise_config(exercise, cfg, evaluate))
+        world = parallel.current_world()
+        # Rank 0 alone creates, locks and writes the results folder.
+        folder = (report.results_folder(cfg.out) if world is None or world.is_main
+                  else contextlib.nullcontext())
+        with folder:  # created, writable, and this run's alone
+            if name == "all":
+                report.run_all(cfg, EXERCISES, evaluate, force)
+            else:
+                exercise = EXERCISES[name]
+                report.run_exercise(name, exercise,
+                                    report.exercise_config(exercise, cfg, evaluate))
         parallel.stop()
     except (cli.UsageError, DataError, report.OutputError, InferError,
             parallel.DistributedError) as error:
-        print(f"lab.py: error: {error}", file=sys.stderr)
+        render.notice(f"lab.py: error: {error}")
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished epoch is kept in {cfg.out}/", file=sys.stderr)
+        render.notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")
         return 130
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -641,5 +653,15 @@ def main(argv=None):
     return 0
 
 
+def interrupt_once(signum, frame):
+    """The first Ctrl-C stops the run; later ones are ignored, so that a second Ctrl-C cannot
+    break the shutdown that saves REPORT.md and stops the DataLoader's workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":  # guarded: DataLoader workers started with "spawn" import this file
-    sys.exit(main())
+    signal.signal(signal.SIGINT, interrupt_once)
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C now could only spoil the exit
+    sys.exit(status)

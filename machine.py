@@ -8,6 +8,7 @@ data-parallel runs agree on one figure.
 
 import os
 import platform
+import tempfile
 
 import torch
 
@@ -30,6 +31,38 @@ def usable_cores(cgroup_file="/sys/fs/cgroup/cpu.max"):
     except (OSError, ValueError):
         pass  # no cgroup v2 quota here
     return cores
+
+
+def worker_limit():
+    """The most DataLoader workers a run may ask for: 4 per usable core, and at least 64 (C3's
+    default sweep goes that far). Beyond it a typo forks processes by the hundred."""
+    return 4 * max(usable_cores(), 16)
+
+
+def cannot_write(folder):
+    """None if a file can be created in `folder`, else why not. The test creates and removes a
+    real file: os.access says yes to root in a read-only folder, and /proc or /sys say yes
+    to nobody but refuse the write."""
+    try:
+        handle, path = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(handle)
+        os.unlink(path)
+        return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def available_memory(meminfo="/proc/meminfo"):
+    """Bytes of memory a new allocation can have without swapping (MemAvailable), or None
+    where the system does not say."""
+    try:
+        with open(meminfo) as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # given in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def cpu_model():

@@ -8,6 +8,7 @@ are derived from the measured numbers: none of them knows in advance which row w
 """
 
 import math
+import sys
 
 from data import CIFAR10_TRAIN_IMAGES
 
@@ -35,6 +36,15 @@ def loss(value):
 def plural(count, noun):
     """The count and the noun, plural unless the count is 1: "1 worker", "2 workers"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def notice(text, stream=None):
+    """A line for the user on stderr. A closed or full stderr is ignored: a message must never
+    cost a trained epoch or hide how a run ended."""
+    try:
+        print(text, file=stream or sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # full, closed, or None (started with 2>&-)
+        pass
 
 
 def markdown_table(headers, rows, align=None):
@@ -76,7 +86,7 @@ def bar_chart(labels, values, width=40, unit="s", mark=None):
 
 
 def render_c1(result):
-    rows = [[e["epoch"], f"{e['train_loss']:.4f}", percent(e["train_accuracy"]),
+    rows = [[e["epoch"], loss(e["train_loss"]), percent(e["train_accuracy"]),
              percent(e["test_accuracy"]), seconds(e["epoch_time"])] for e in result["epochs"]]
     text = markdown_table(["epoch", "train loss", "train top-1", "test top-1", "epoch (s)"], rows)
     notes = [e for e in result["epochs"] if e["diverged"]]
@@ -346,11 +356,11 @@ def render_c7(result):
     if len(rows) == 2:
         with_bn = result["runs"]["with_bn"]["summary"]
         without = result["runs"]["without_bn"]["summary"]
-        text += (f" Without BatchNorm the mean training loss is {without['train_loss']:.4f} "
-                 f"against {with_bn['train_loss']:.4f}, the mean top-1 accuracy "
-                 f"{without['train_accuracy']:.1f}% against {with_bn['train_accuracy']:.1f}%, "
-                 f"and an epoch's training takes {without['train_time']:.3f} s against "
-                 f"{with_bn['train_time']:.3f} s.")
+        text += (f" Without BatchNorm the mean training loss is {loss(without['train_loss'])} "
+                 f"against {loss(with_bn['train_loss'])}, the mean top-1 accuracy "
+                 f"{percent(without['train_accuracy'])} against "
+                 f"{percent(with_bn['train_accuracy'])}, and an epoch's training takes "
+                 f"{seconds(without['train_time'])} s against {seconds(with_bn['train_time'])} s.")
         if without["diverged_at"]:
             text += f" Without BatchNorm the loss diverged in epoch {without['diverged_at']}."
     text += ("\n\nThe convolutions have no bias in either network, as in the lab's table. "

@@ -8,9 +8,13 @@ skipping what is already complete for the same configuration; `write_report` reb
 REPORT.md from whatever results files are there.
 """
 
+import contextlib
 import datetime
+import errno
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -18,9 +22,14 @@ from dataclasses import asdict, replace
 import torch
 
 from data import datasets_for
-from machine import cpu_model, device_name, gpu_device, usable_cores
+from machine import cannot_write, cpu_model, device_name, gpu_device, usable_cores
 from parallel import current_world, world_facts
-from render import describe_run, markdown_table
+from render import describe_run, markdown_table, notice
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two runs there must not share a folder
+    fcntl = None
 
 
 def run_exercise(name, exercise, cfg, stream=None):
@@ -32,6 +41,9 @@ def run_exercise(name, exercise, cfg, stream=None):
     if world is not None and not world.is_main:
         return exercise.run(cfg, lambda partial: None)
     stream = stream or sys.stdout
+    path = os.path.join(cfg.out, f"{name}.json")
+    if os.path.isdir(path):  # found now, not when the first epoch is to be saved
+        raise OutputError(f"{path} is a folder, so {name}'s results cannot be saved; move it away")
     info = datasets_for(cfg)[2] if exercise.uses_data else None
     header = {
         "exercise": name,
@@ -45,10 +57,9 @@ def run_exercise(name, exercise, cfg, stream=None):
     }
     if world is not None:
         header["distributed"] = world_facts(world, cfg.batch_size, cfg.sync_bn)
-    path = os.path.join(cfg.out, f"{name}.json")
-    print(f"\n## {exercise.title}\n", file=stream, flush=True)
+    show(f"\n## {exercise.title}\n", stream)
     if exercise.uses_data:
-        print(describe_run(header, exercise.names_settings) + "\n", file=stream, flush=True)
+        show(describe_run(header, exercise.names_settings) + "\n", stream)
 
     def save(partial):
         write_json(path, {**header, **partial})
@@ -58,15 +69,28 @@ def run_exercise(name, exercise, cfg, stream=None):
               "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     write_json(path, result)
     if not exercise.uses_data:  # now that the run has said which data, if any, it used
-        print(describe_run(result, exercise.names_settings) + "\n", file=stream)
-    print(exercise.render(result), file=stream)
+        show(describe_run(result, exercise.names_settings) + "\n", stream)
+    show(exercise.render(result), stream)
     saved = [path]
     if exercise.chart is not None:
         chart_path = os.path.join(cfg.out, f"{name}.png")
         if exercise.chart(result, chart_path):
             saved.append(chart_path)
-    print(f"\n(saved to {', '.join(saved)})", file=stream, flush=True)
+    show(f"\n(saved to {', '.join(saved)})", stream)
     return result
+
+
+def show(text, stream):
+    """Print a table or header of the run. A full or closed stdout stops the run with one line
+    (OutputError) rather than a traceback; what finished is already saved. A reader that has
+    gone (`| head`) is BrokenPipeError, which lab.main ends quietly."""
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as error:
+        raise OutputError(f"cannot print the results ({getattr(error, 'strerror', None) or error})"
+                          "; every finished step is saved in the results folder") from None
 
 
 def exercise_config(exercise, cfg, evaluate=None, best_workers=None):
@@ -77,12 +101,21 @@ def exercise_config(exercise, cfg, evaluate=None, best_workers=None):
     return cfg
 
 
-def finished_result(name, cfg):
-    """The saved result of `name` if it is complete and was run with this very configuration."""
-    saved = read_json(os.path.join(cfg.out, f"{name}.json"))
-    if saved and saved.get("complete") and saved.get("config") == as_saved(cfg):
-        return saved
-    return None
+def finished_result(name, cfg, exercise=None):
+    """The saved result of `name` if it fits, is complete and was run with this configuration.
+
+    `out` is left out of the comparison: the file was read from that folder, however it was
+    spelled ("results", "results/", an absolute path). A file that does not fit is said why.
+    """
+    path = os.path.join(cfg.out, f"{name}.json")
+    saved, why = read_result(path, name, exercise.render if exercise else None)
+    if why:
+        notice(f"{name}: not finished: {why}; running it again")
+    if saved is None or not saved["complete"]:
+        return None
+    here = {key: value for key, value in as_saved(cfg).items() if key != "out"}
+    there = {key: value for key, value in saved["config"].items() if key != "out"}
+    return saved if here == there else None
 
 
 def as_saved(cfg):
@@ -104,10 +137,10 @@ def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
             if not exercise.in_lab:
                 continue
             each = exercise_config(exercise, cfg, evaluate, best)
-            result = None if force else finished_result(name, each)
+            result = None if force else finished_result(name, each, exercise)
             if result is not None:
-                print(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
-                      "skipped (--force reruns it)", file=stream, flush=True)
+                show(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
+                     "skipped (--force reruns it)", stream)
             else:
                 result = run_exercise(name, exercise, each, stream)
                 write_report(cfg, exercises)
@@ -115,7 +148,7 @@ def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
                 best = result["best_workers"]  # C3's count, for the exercises after it
     finally:
         path = write_report(cfg, exercises)
-        print(f"\nlab report: {path}", file=stream, flush=True)
+        show(f"\nlab report: {path}", stream)
     return path
 
 
@@ -128,12 +161,12 @@ def write_report(cfg, exercises):
     sections = []
     first = None
     for name, exercise in exercises.items():
-        saved = read_json(os.path.join(cfg.out, f"{name}.json"))
-        if saved is None and not exercise.in_lab:
+        saved, why = read_result(os.path.join(cfg.out, f"{name}.json"), name, exercise.render)
+        if saved is None and why is None and not exercise.in_lab:
             continue
         sections.append(f"## {exercise.title}\n")
         if saved is None:
-            sections.append("Not run.\n")
+            sections.append(f"Not shown: {why}.\n" if why else "Not run.\n")
             continue
         first = first or saved
         if not saved.get("complete"):
@@ -190,11 +223,33 @@ def data_title(info):
 
 
 def make_output_folder(path):
-    """Create the results folder before any work, so a bad --out fails at once."""
+    """Create the results folder and write a file in it before any work, so a bad --out fails
+    at once rather than after an epoch has trained."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise OutputError(f"--out {path} cannot be created: {error.strerror}") from None
+    why = cannot_write(path)
+    if why:
+        raise OutputError(f"--out {path} cannot be written: {why}")
+
+
+@contextlib.contextmanager
+def results_folder(path):
+    """make_output_folder, then hold <path>/.lock while the run lasts: two runs writing the
+    same results files would overwrite each other's epochs. The lock goes with the process."""
+    make_output_folder(path)
+    if fcntl is None:
+        yield
+        return
+    lock_path = os.path.join(path, ".lock")
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"--out {path} is in use by another lab.py run (it holds "
+                              f"{lock_path}); wait for it, or choose another --out") from None
+        yield
 
 
 class OutputError(Exception):
@@ -202,8 +257,23 @@ class OutputError(Exception):
 
 
 def write_json(path, data):
-    """Write JSON atomically: a reader (or a crash) never sees a half-written results file."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    """Write JSON atomically: a reader (or a crash) never sees a half-written results file.
+
+    NaN and infinity become null: strict JSON readers refuse Python's `NaN`, and a diverged
+    epoch already says why its loss is missing (`diverged`).
+    """
+    write_text(path, json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+
+
+def finite(value):
+    """`value` with every NaN or infinite float replaced by None, containers copied."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
 
 
 def read_json(path):
@@ -215,9 +285,85 @@ def read_json(path):
         return None
 
 
+# What run_exercise writes at the top of every results file, and its type.
+HEADER = {"exercise": str, "title": str, "complete": bool, "config": dict, "started": str}
+# Keys whose values are times or counts: a number of 0 or more, or null. Profiler self times
+# ("self_cpu_time") are left out: torch's profiler can report them below zero.
+MEASURE = re.compile(r"^(?!self_).*(time|times|workers|images|epochs|epoch|cores|repeats|"
+                     r"parameters|_size)$|^(median|min|max)$")
+
+
+def read_result(path, name, render=None):
+    """(result, None) when `path` holds a results file of exercise `name` that fits;
+    (None, why) when it does not; (None, None) when there is none.
+
+    It fits when it is a JSON object with run_exercise's header naming `name`, every time and
+    count in it is a number of 0 or more (or null), and, once complete, its `epochs` and
+    `points` lists are not empty and `render` (the exercise's own) can draw its tables.
+    Every reader of a results file goes through here: a file that does not fit is rerun.
+    """
+    if not os.path.lexists(path):
+        return None, None
+    if not os.path.isfile(path):
+        return None, f"{path} is not a file"
+    try:
+        with open(path) as file:
+            saved = json.load(file)
+    except (OSError, ValueError) as error:
+        return None, f"{path} cannot be read ({getattr(error, 'strerror', None) or error})"
+    why = misfit(saved, name)
+    if why is None and saved["complete"] and render is not None:
+        try:
+            render(saved)
+        except Exception as error:  # any failure: what a later run would show is broken
+            why = f"cannot be shown ({type(error).__name__}: {error})"
+    return (None, f"{path} {why}") if why else (saved, None)
+
+
+def misfit(saved, name):
+    """Why a parsed results file does not fit exercise `name`, or None when it does."""
+    if not isinstance(saved, dict):
+        return f"holds a JSON {type(saved).__name__}, not a results object"
+    for key, kind in HEADER.items():
+        if not isinstance(saved.get(key), kind):
+            return f"has no valid {key!r}"
+    if saved["exercise"] != name:
+        return f"holds the results of {saved['exercise']!r}, not {name!r}"
+    return misfit_value(saved, "", saved["complete"])
+
+
+def misfit_value(value, key, complete):
+    """The first time or count under `value` that cannot be right, or an empty list of epochs
+    or points in a complete result; None if there is none."""
+    if isinstance(value, dict):
+        return next(filter(None, (misfit_value(item, inner, complete)
+                                  for inner, item in value.items())), None)
+    if isinstance(value, list):
+        if complete and key in ("epochs", "points") and not value:
+            return f"is complete but its {key!r} list is empty"
+        return next(filter(None, (misfit_value(item, key, complete) for item in value)), None)
+    if MEASURE.match(key) and value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            or (key.endswith("workers") and not isinstance(value, int))):
+        return f"has {key} = {value!r}, not a number of 0 or more"
+    return None
+
+
 def write_text(path, text):
-    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
+    """Write `path` atomically; a full disk or a folder gone bad is one OutputError, and the
+    last complete version of the file stays as it was."""
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        _replace_atomically(folder, path, text)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"the results folder {folder} is full (no space left on the "
+                              f"device): {path} keeps its last complete version") from None
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _replace_atomically(folder, path, text):
+    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
@@ -226,7 +372,8 @@ def write_text(path, text):
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are not
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
         raise
 
 

@@ -338,7 +338,7 @@ class Progress:
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):  # closed, full, or a pipe whose reader has gone
+        except (OSError, ValueError, AttributeError):  # closed, full, gone, or None (2>&-)
             pass
 
 
