@@ -1,4 +1,4 @@
-"""The command line: `python lab.py EXERCISE [options]` into an exercise name and a Config.
+"""The command line: `python lab.py EXERCISE [options]` into an exercise and a Config, and run.
 
     python lab.py --help          # every exercise and option, with the Config's defaults
 
@@ -8,16 +8,21 @@ one line and exit status 2.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
+import signal
+import sys
 from dataclasses import fields, replace
 
 import torch
 
-from data import DATASETS
+import parallel
+import report
+from data import DATASETS, DataError
+from infer import InferError
 from machine import gpu_device, usable_cores, worker_limit
-from parallel import launched_by_torchrun
 from render import notice
 from train import LOADERS, OPTIMIZERS
 
@@ -206,8 +211,8 @@ def parse_args(argv, config_class, exercises):
     if args.batch_sizes is not None:
         field = exercises[args.exercise].batch_sizes if args.exercise in exercises else None
         if field is None:
-            raise UsageError(f"--batch-sizes is for {', '.join(k for k, e in exercises.items() if e.batch_sizes)}; "
-                             f"{args.exercise} takes --batch-size")
+            takers = ", ".join(k for k, e in exercises.items() if e.batch_sizes)
+            raise UsageError(f"--batch-sizes is for {takers}; {args.exercise} takes --batch-size")
         given[field] = args.batch_sizes
     if given["compile"] and given["device"] == "cpu":
         check_compiler()
@@ -233,11 +238,11 @@ def check(args, exercises):
     if args.loader == "device" and exercise is not None and exercise.sweeps_workers:
         raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
                          "--loader device has none")
-    if launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
+    if parallel.launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
         names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
         raise UsageError(f"{args.exercise} does not run under torchrun; {names} train "
                          "data-parallel")
-    if launched_by_torchrun() and args.loader == "device":
+    if parallel.launched_by_torchrun() and args.loader == "device":
         raise UsageError("--loader device holds the whole training set on one device; under "
                          "torchrun use the DataLoader (--loader torch)")
     if args.seed is not None and not 0 <= args.seed < 2**32:
@@ -267,3 +272,49 @@ def check_compiler():
     if not found:
         raise UsageError("--compile on the CPU needs a C++ compiler (g++, or the one $CXX "
                          "names) and none works here: install one, or leave out --compile")
+
+
+# ----------------------------------------------------------------------------------------
+# Running it
+
+
+def main(argv, config_class, exercises):
+    """Parse `argv`, run the exercise (or `all`), and return the exit status.
+
+    Launched by torchrun, every process runs this; they join one process group first.
+    """
+    cfg = config_class()
+    try:
+        name, cfg, evaluate, force = parse_args(argv, config_class, exercises)
+        if parallel.launched_by_torchrun():
+            parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
+        world = parallel.current_world()
+        # Rank 0 alone creates, locks and writes the results folder.
+        folder = (report.results_folder(cfg.out) if world is None or world.is_main
+                  else contextlib.nullcontext())
+        with folder:  # created, writable, and this run's alone
+            if name == "all":
+                report.run_all(cfg, exercises, evaluate, force)
+            else:
+                exercise = exercises[name]
+                report.run_exercise(name, exercise,
+                                    report.exercise_config(exercise, cfg, evaluate))
+        parallel.stop()
+    except (UsageError, DataError, report.OutputError, InferError,
+            parallel.DistributedError) as error:
+        notice(f"lab.py: error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")
+        return 130
+    except BrokenPipeError:  # the output went to `head` or a pager that has quit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    return 0
+
+
+def interrupt_once(signum, frame):
+    """The first Ctrl-C stops the run; later ones are ignored, so that a second Ctrl-C cannot
+    break the shutdown that saves REPORT.md and stops the DataLoader's workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt

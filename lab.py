@@ -16,7 +16,6 @@ import sys
 if __name__ == "__main__":  # Ctrl-C while torch loads, before anything started: just stop
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
 
-import contextlib
 import inspect
 import itertools
 import math
@@ -30,12 +29,11 @@ import torch
 import torch.nn as nn
 
 import cli
-import parallel
 import render
 import report
-from data import DataError, datasets_for, make_loader
+from data import datasets_for, make_loader
 from ddp import ddp_study
-from infer import InferError, infer
+from infer import infer
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
 from speed import bench, c8_compile, profiling
@@ -105,7 +103,8 @@ def training_run(cfg, save=None, label="", trace_name=None):
     <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
     """
     train_set, test_set, _ = datasets_for(cfg)
-    trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if cfg.profile and trace_name else None
+    profiled = cfg.profile and trace_name
+    trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if profiled else None
     with profiling(trace, cfg.device) as profiler:
         run = fit(cfg, train_set, test_set, on_epoch=save, label=label, profiler=profiler)
     if profiler is not None:
@@ -557,7 +556,7 @@ def count_optimizer_state(optimizer):
 
 @dataclass(frozen=True)
 class Exercise:
-    """An exercise and its properties; every per-exercise rule reads these, never a list of names."""
+    """An exercise and its properties; every per-exercise rule reads these, not lists of names."""
 
     title: str
     run: callable                  # run(cfg, save) -> dict; run(cfg) if not saves_progress
@@ -618,50 +617,12 @@ EXERCISES = {
 
 
 def main(argv=None):
-    """Parse the command line, run the exercise (or `all`), and say how it ended.
-
-    Launched by torchrun, every process runs this; they join one process group first.
-    """
-    cfg = Config()
-    try:
-        name, cfg, evaluate, force = cli.parse_args(sys.argv[1:] if argv is None else argv,
-                                                    Config, EXERCISES)
-        if parallel.launched_by_torchrun():
-            parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
-        world = parallel.current_world()
-        # Rank 0 alone creates, locks and writes the results folder.
-        folder = (report.results_folder(cfg.out) if world is None or world.is_main
-                  else contextlib.nullcontext())
-        with folder:  # created, writable, and this run's alone
-            if name == "all":
-                report.run_all(cfg, EXERCISES, evaluate, force)
-            else:
-                exercise = EXERCISES[name]
-                report.run_exercise(name, exercise,
-                                    report.exercise_config(exercise, cfg, evaluate))
-        parallel.stop()
-    except (cli.UsageError, DataError, report.OutputError, InferError,
-            parallel.DistributedError) as error:
-        render.notice(f"lab.py: error: {error}")
-        return 2
-    except KeyboardInterrupt:
-        render.notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")
-        return 130
-    except BrokenPipeError:  # the output went to `head` or a pager that has quit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    return 0
-
-
-def interrupt_once(signum, frame):
-    """The first Ctrl-C stops the run; later ones are ignored, so that a second Ctrl-C cannot
-    break the shutdown that saves REPORT.md and stops the DataLoader's workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """The command line (cli.py): parse, run the exercise or `all`, say how it ended."""
+    return cli.main(sys.argv[1:] if argv is None else argv, Config, EXERCISES)
 
 
 if __name__ == "__main__":  # guarded: DataLoader workers started with "spawn" import this file
-    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGINT, cli.interrupt_once)
     status = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C now could only spoil the exit
     sys.exit(status)

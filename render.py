@@ -899,7 +899,8 @@ def render_ddp(result):
     runs = result["runs"]
     ok = [r for r in runs if r["ok"]]
     rows = [[r["world_size"], r["batch_per_rank"], r["global_batch"],
-             f"{r['images_per_second']:.1f}", ratio(r["speedup"]), percent(_hundred(r["efficiency"])),
+             f"{r['images_per_second']:.1f}", ratio(r["speedup"]),
+             percent(_hundred(r["efficiency"])),
              f"{1000 * r['computation_time']:.1f}", f"{1000 * r['communication_time']:.1f}",
              percent(_hundred(r["communication_share"]))] for r in ok]
     text = markdown_table(["processes", "batch per process", "global batch", "images/s",

@@ -1,9 +1,7 @@
-"""ResNet-18 for CIFAR-10, as the lab uses it.
-
-He et al.'s ImageNet ResNet-18 ("Deep Residual Learning for Image Recognition", 2015,
-arXiv:1512.03385) adapted to 32x32 images: a 3x3 stem and no max-pool, then four stages of two
-BasicBlocks (64, 128, 256, 512 channels), global average pooling and one linear classifier.
-(The paper's own CIFAR networks are the thinner ResNet-20/32/44/56.)
+"""ResNet-18 for CIFAR-10 as the lab uses it: He et al.'s ImageNet ResNet-18 ("Deep Residual
+Learning for Image Recognition", 2015, arXiv:1512.03385) adapted to 32x32 images: a 3x3 stem,
+no max-pool, four stages of two BasicBlocks (64, 128, 256, 512 channels), global average
+pooling, one linear classifier. (The paper's CIFAR networks are ResNet-20/32/44/56.)
 
     model = ResNet18()                  # 11,173,962 parameters
     model = ResNet18(batch_norm=False)  # 11,164,362: no BatchNorm, and no placeholder for it

@@ -344,8 +344,8 @@ def c8_compile(cfg, save=None):
 
     Compilation is timed with TorchInductor's caches off, as on a first run (a later run on
     the same machine reuses the on-disk cache and starts much faster). The model is compiled
-    with static shapes (train.compile_model), so a partial last batch gets a graph of its own. The compiler's
-    start-up, paid once per process, is timed on its own before the first mode.
+    with static shapes (train.compile_model), so a partial last batch gets a graph of its own.
+    The compiler's start-up, paid once per process, is timed on its own before the first mode.
     """
     device = torch.device(cfg.device)
     note = None

@@ -179,7 +179,8 @@ class ResultsFileTest(TempDirTest):
         sweep = {"best_workers": 0}
         with mock.patch.object(lab, "c3_worker_sweep", return_value=sweep) as swept:
             best, source = lab.best_worker_count(self.cfg)
-        self.assertEqual((best, source, swept.call_count), (0, "a sweep run now", 1))
+        self.assertEqual((best, swept.call_count), (0, 1))
+        self.assertTrue(source.startswith("a sweep run now"), source)
 
     def test_the_same_folder_spelled_another_way_is_the_same_configuration(self):
         for out in (self.out + "/", os.path.relpath(self.out), os.path.abspath(self.out)):

@@ -6,7 +6,6 @@ thing computed two ways. Training runs use tiny synthetic slices so the suite ta
 
 import ast
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -54,7 +53,8 @@ setUpModule = quiet_module
 
 
 def flat_keys(value, path=""):
-    """Every key path in a results file ("/runs/best/summary/epoch_time"), lists by their first item."""
+    """Every key path in a results file ("/runs/best/summary/epoch_time"), a list by its first
+    item."""
     keys = set()
     if isinstance(value, dict):
         for key, item in value.items():
@@ -444,7 +444,8 @@ class CommandLineTest(TempDirTest):
         self.assertIn("incomplete or corrupted", err)
 
     def test_quick_chooses_small_slices_unless_given(self):
-        _, cfg, _, _ = cli.parse_args(["all", "--quick", "--epochs", "3"], lab.Config, lab.EXERCISES)
+        _, cfg, _, _ = cli.parse_args(["all", "--quick", "--epochs", "3"], lab.Config,
+                                      lab.EXERCISES)
         self.assertEqual((cfg.train_size, cfg.test_size, cfg.epochs),
                          (lab.Config.QUICK["train_size"], lab.Config.QUICK["test_size"], 3))
 
@@ -506,12 +507,6 @@ class ExperimentsTest(TempDirTest):
         self.assertEqual(result["best_workers"], 4)
         self.assertIn("not faster", result["stopped_because"])
 
-    def write_c3(self, best_workers, **config):
-        os.makedirs(self.out, exist_ok=True)
-        report.write_json(os.path.join(self.out, "c3.json"), {
-            "complete": True, "best_workers": best_workers,
-            "config": dataclasses.asdict(self.cfg(**config))})
-
     def test_c4_reads_c3s_result(self):
         # A real C3 results file (a hand-made one without run_exercise's header is rerun).
         report.run_exercise("c3", lab.EXERCISES["c3"], self.cfg(max_workers=0, repeats=1),
@@ -524,7 +519,9 @@ class ExperimentsTest(TempDirTest):
         self.assertIn("With 1 worker, the loop waited", render.render_c4(result))
 
     def test_a_count_measured_on_another_slice_is_not_reused(self):
-        self.write_c3(0, train_size=256)  # what `c3 --quick` leaves behind
+        # What `c3 --quick` leaves behind: a real sweep on 256 images (0 workers only).
+        report.run_exercise("c3", lab.EXERCISES["c3"],
+                            self.cfg(train_size=256, max_workers=0, repeats=1), io.StringIO())
         sweep = mock.Mock(return_value={"best_workers": 4})
         with mock.patch.object(lab, "c3_worker_sweep", sweep):
             best, source = lab.best_worker_count(self.cfg(train_size=32))

@@ -5,8 +5,10 @@ test checks an oracle (the test transform, torchvision's own crop and flip, the 
 training path), a known figure, or a statistical invariant.
 """
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 import unittest
@@ -245,13 +247,27 @@ class SpeedOptionsTest(unittest.TestCase):
             fit(tiny_config(loader="disk"), self.train_set, self.train_set)
 
 
+@contextlib.contextmanager
+def native_stderr_to(path):
+    """Send what C++ writes to file descriptor 2 (the profiler's log lines) into `path`."""
+    saved = os.dup(2)
+    with open(path, "w") as file:
+        os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class ProfileTest(unittest.TestCase):
     def profile(self, num_workers, steps, max_steps):
         train_set = SyntheticCIFAR(8 * steps, seed=0, transform=train_transform())
         cfg = tiny_config(batch_size=8, epochs=1, num_workers=num_workers)
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder, "run.trace.json"))
-            with speed.profiling(path, CPU, max_steps) as profile:
+            with native_stderr_to(os.path.join(folder, "profiler.log")), \
+                    speed.profiling(path, CPU, max_steps) as profile:
                 fit(cfg, train_set, train_set, profiler=profile)
             with open(path) as file:
                 trace = json.load(file)  # valid JSON, or this raises

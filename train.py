@@ -194,7 +194,7 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
 
 
 def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
-    """Train a fresh ResNet-18 as `cfg` says; return the run, calling on_epoch(run) after each epoch.
+    """Train a fresh ResNet-18 as `cfg` says; return the run, and on_epoch(run) after each epoch.
 
     The run is {"model": model_facts(...), "epochs": [one dict per epoch], "summary": ...}.
     It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
