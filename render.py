@@ -110,6 +110,10 @@ def render_c2(result):
         "train: copy to the device, forward, loss, backward and optimizer step, device "
         "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
         "(the Python loop and the progress line). data+train is their share of the total.")
+    if result.get("distributed"):
+        text += ("\n\nUnder torchrun each time is the slowest rank's, column by column (the "
+                 "mean over the ranks is in the results file as rank_mean), so data+train can "
+                 "pass 100% a little.")
     if result["device"]["type"] == "cuda":
         text += "\n\n" + CUDA_SETTINGS
     if "profile" in result:  # --profile
