@@ -17,6 +17,7 @@ import torch
 import infer
 import render
 from resnet import ResNet18
+from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
 
 try:
     from lab import model_summary

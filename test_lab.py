@@ -8,6 +8,7 @@ import ast
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import signal
@@ -47,6 +48,9 @@ def quiet_module():
     quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
     quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
     unittest.addModuleCleanup(quiet.close)
+    # torch's one note when it compiles on the CPU ("No CUDA runtime is found"), logged to the
+    # stderr it found at import, past the redirection above.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 setUpModule = quiet_module
