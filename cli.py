@@ -3,8 +3,8 @@
     python lab.py --help          # every exercise and option, with the Config's defaults
 
 Every default shown here is read from lab.py's Config, the one place where defaults live; an
-option left out keeps the Config's value. Bad input raises UsageError, which lab.py prints as
-one line and exit status 2.
+option left out keeps the Config's value. Bad input raises UsageError, which `main` below
+prints as one line and exit status 2.
 """
 
 import argparse
@@ -80,7 +80,8 @@ def build_parser(defaults, exercises):
         + "; all = every exercise of the lab in order, then REPORT.md")
     parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
                         help=f"one of: {', '.join([*exercises, 'all'])}")
-    add_run_options(parser, d, quick)
+    add_run_options(parser, d, quick, evaluated=" and ".join(k for k, e in exercises.items()
+                                                           if e.evaluate))
     add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
@@ -88,7 +89,7 @@ def build_parser(defaults, exercises):
     return parser
 
 
-def add_run_options(parser, d, quick):
+def add_run_options(parser, d, quick, evaluated):
     """Where the run goes, on which data, and how it trains."""
     add = parser.add_argument
     add("--device", default="auto", type=str.lower, choices=("auto", "cpu", "cuda", "mps"),
@@ -118,7 +119,7 @@ def add_run_options(parser, d, quick):
     add("--epochs", type=positive_int, metavar="N", help=f"epochs (default: {d.epochs})")
     add("--eval", dest="evaluate", action=argparse.BooleanOptionalAction,
         help="measure test accuracy after each epoch, outside the timed windows "
-             "(default: on for c1, off for the others)")
+             f"(default: on for {evaluated}, off for the others)")
     add("--no-bn", dest="batch_norm", action="store_false", default=None,
         help="ResNet-18 without BatchNorm (C7 uses it on its own)")
     add("--out", metavar="DIR", help=f"folder for the results files and REPORT.md "
@@ -235,9 +236,19 @@ def check(args, exercises):
     if args.profile and exercise is not None and not exercise.profiles:
         names = " and ".join(k for k, e in exercises.items() if e.profiles)
         raise UsageError(f"--profile records {names} only, not {args.exercise}")
-    if args.loader == "device" and exercise is not None and exercise.sweeps_workers:
-        raise UsageError(f"{args.exercise} measures the DataLoader's workers; "
+    sweepers = [k for k, e in exercises.items()
+                if e.sweeps_workers and (e is exercise or (exercise is None and e.in_lab))]
+    if args.loader == "device" and sweepers:
+        raise UsageError(f"{' and '.join(sweepers)} measure the DataLoader's workers; "
                          "--loader device has none")
+    for option, value, takers in (("--checkpoint", args.checkpoint, ("infer",)),
+                                  ("--max-procs", args.max_procs, ("ddp",)),
+                                  ("--steps", args.ddp_steps, ("ddp",))):
+        if value is not None and args.exercise not in takers:
+            raise UsageError(f"{option} is for {', '.join(takers)}, not {args.exercise}")
+    if args.max_procs is not None and args.max_procs > worker_limit():
+        raise UsageError(f"--max-procs {args.max_procs} is more processes than is sensible "
+                         f"here: at most {worker_limit()}")
     if parallel.launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
         names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
         raise UsageError(f"{args.exercise} does not run under torchrun; {names} train "
@@ -303,6 +314,10 @@ def main(argv, config_class, exercises):
     except (UsageError, DataError, report.OutputError, InferError,
             parallel.DistributedError) as error:
         notice(f"lab.py: error: {error}")
+        return 2
+    except torch.OutOfMemoryError:
+        notice(f"lab.py: error: the device ran out of memory: try a smaller --batch-size "
+               f"than {cfg.batch_size}; every finished epoch is kept in {cfg.out}/")
         return 2
     except KeyboardInterrupt:
         notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")

@@ -6,6 +6,7 @@ For each world size and batch per process, ddp_study launches torchrun on this f
 which times a DDP training step with the gradient all-reduce and under `model.no_sync()`
 (computation only), and an all-reduce of ResNet-18's gradients on its own. The building blocks
 (the process group, the sampler, DDP, the sums over ranks) are in parallel.py.
+
     torchrun --nproc_per_node=2 ddp.py check-start     # does a 2-process world start here?
 """
 

@@ -241,15 +241,14 @@ def train_runs(result, save, runs):
 
 def c5_cpu_vs_gpu(cfg, save=None):
     """C5: average epoch time on the CPU and on the GPU with the best worker count."""
-    best, source = best_worker_count(cfg)
     gpu, gpu_name = gpu_device()
-    result = {"best_workers": best, "best_source": source, "runs": {},
-              "gpu": {"device": gpu, "name": gpu_name if gpu else None,
-                      "skipped": None if gpu else gpu_name},
+    result = {"runs": {}, "gpu": {"device": gpu, "name": gpu_name if gpu else None,
+                                  "skipped": None if gpu else gpu_name},
               "speedup": None}
-    runs = [("cpu", replace(cfg, device="cpu", num_workers=best), "cpu, ", None)]
+    cfg = with_best_workers(cfg, result)
+    runs = [("cpu", replace(cfg, device="cpu"), "cpu, ", None)]
     if gpu is not None:
-        runs.append(("gpu", replace(cfg, device=gpu, num_workers=best), f"{gpu}, ", None))
+        runs.append(("gpu", replace(cfg, device=gpu), f"{gpu}, ", None))
     train_runs(result, save, runs)
     if gpu is not None:
         result["speedup"] = (result["runs"]["cpu"]["summary"]["epoch_time"]

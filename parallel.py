@@ -31,6 +31,7 @@ TIMEOUT = datetime.timedelta(minutes=5)
 TIMING_KEYS = ("data_time", "train_time", "other_time", "epoch_time", "first_batch_time",
                "last_train_time")
 
+
 class DistributedError(Exception):
     """The distributed run cannot start or went wrong; the message is one line that says why."""
 
@@ -180,7 +181,7 @@ def reduce_epoch(epoch, world):
                           dtype=torch.float64, device=world.device)       # (3,)
     dist.all_reduce(totals, op=dist.ReduceOp.SUM)
     times = torch.tensor([math.nan if epoch[key] is None else epoch[key] for key in TIMING_KEYS],
-                         dtype=torch.float64, device=world.device)        # (5,)
+                         dtype=torch.float64, device=world.device)        # (6,)
     slowest, summed = times.clone(), times.clone()
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)

@@ -302,7 +302,9 @@ def render_c5(result):
         rows.append(["GPU", "-", "skipped", "-", "-"])
     text = markdown_table(["device", "epochs", "mean epoch (s)", "mean train (s)",
                            "mean data (s)"], rows)
-    text += f"\n\nBoth with {result['best_workers']} workers (from {result['best_source']})."
+    loading = ("the device loader" if result["best_workers"] is None
+               else plural(result["best_workers"], "worker"))
+    text += f"\n\nBoth with {loading} (from {result['best_source']})."
     if result["speedup"] is not None:
         speedup = result["speedup"]
         text += (f" The GPU is **{speedup:.1f}x** faster per epoch than the CPU" if speedup >= 1

@@ -83,7 +83,7 @@ def run_exercise(name, exercise, cfg, stream=None):
 def show(text, stream):
     """Print a table or header of the run. A full or closed stdout stops the run with one line
     (OutputError) rather than a traceback; what finished is already saved. A reader that has
-    gone (`| head`) is BrokenPipeError, which lab.main ends quietly."""
+    gone (`| head`) is BrokenPipeError, which cli.main ends quietly."""
     try:
         print(text, file=stream, flush=True)
     except BrokenPipeError:
@@ -276,21 +276,13 @@ def finite(value):
     return value
 
 
-def read_json(path):
-    """The parsed file, or None when it is missing or unreadable."""
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, ValueError):
-        return None
-
-
 # What run_exercise writes at the top of every results file, and its type.
 HEADER = {"exercise": str, "title": str, "complete": bool, "config": dict, "started": str}
 # Keys whose values are times or counts: a number of 0 or more, or null. Profiler self times
-# ("self_cpu_time") are left out: torch's profiler can report them below zero.
-MEASURE = re.compile(r"^(?!self_).*(time|times|workers|images|epochs|epoch|cores|repeats|"
-                     r"parameters|_size)$|^(median|min|max)$")
+# ("self_cpu_time") and ddp's communication time (a difference of two timings) are left out:
+# either can come out below zero.
+MEASURE = re.compile(r"^(?!self_|communication_).*(time|times|workers|images|epochs|epoch|"
+                     r"cores|repeats|parameters|_size)$|^(median|min|max)$")
 
 
 def read_result(path, name, render=None):

@@ -168,8 +168,6 @@ def summarize_events(events, device, top=TOP_OPERATORS):
     }
 
 
-
-
 # ----------------------------------------------------------------------------------------
 # bench: the speed ladder
 
@@ -331,8 +329,6 @@ def bench_pipeline(cfg, device, train_set, sizes):
         row["ratio"] = statistics.median(ratios(row["rates"], reference["rates"]))
     return {"images": len(train_set), "batch_size": cfg.batch_size,
             "reference": reference["name"], "rows": rows}
-
-
 
 
 # ----------------------------------------------------------------------------------------

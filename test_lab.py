@@ -671,6 +671,18 @@ class WordsTest(TempDirTest):
         self.assertIn("gradients accumulate", text)
         self.assertNotIn("rewritten", text)
 
+    def test_a_negative_communication_time_is_not_a_broken_file(self):
+        self.assertIsNone(report.MEASURE.match("communication_time"))  # a difference: may be < 0
+        self.assertIsNotNone(report.MEASURE.match("train_time"))      # a duration: never < 0
+
+    def test_options_that_cannot_apply_are_refused(self):
+        for args, message in ((["all", "--loader", "device"], "c3 and c4 measure"),
+                              (["c2", "--checkpoint", "w.pt"], "--checkpoint is for infer"),
+                              (["c2", "--steps", "3"], "--steps is for ddp")):
+            status, _, err = run_lab(*args, "--out", self.out)
+            self.assertEqual(status, 2, err)
+            self.assertIn(message, err)
+
     def test_compiled_training_uses_static_shapes(self):
         with mock.patch.object(torch, "compile") as compile_:
             train.compile_model(nn.Linear(1, 1))

@@ -206,7 +206,7 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     device = torch.device(world.device if world else cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the lab's base code: autotune convolutions
-    warm_up(cfg, device)
+    warm_up(cfg, device, batch_size=min(cfg.batch_size, len(train_set)))
     model, optimizer, scaler = make_training(cfg, device, world)
     run = {"model": model_facts(model), "epochs": [], "summary": summarize([])}
     sampler = parallel.sampler(train_set, world, cfg.seed) if world else None
@@ -240,7 +240,7 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
 _warmed_up = set()  # the devices this process has warmed up: the cost is paid once per process
 
 
-def warm_up(cfg, device, steps=3):
+def warm_up(cfg, device, batch_size, steps=3):
     """A few untimed steps of a throwaway model, before the first timed run of the process.
 
     The first steps in a process on a GPU create the cuDNN and cuBLAS handles, load kernels
@@ -255,9 +255,9 @@ def warm_up(cfg, device, steps=3):
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    images = torch.randn(cfg.batch_size, 3, 32, 32, device=device)  # (B, 3, 32, 32)
+    images = torch.randn(batch_size, 3, 32, 32, device=device)  # (B, 3, 32, 32)
     images = images.contiguous(memory_format=memory_format)
-    labels = torch.randint(0, 10, (cfg.batch_size,), device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
     for _ in range(steps):
         train_step(model, optimizer, nn.CrossEntropyLoss(), images, labels, cfg.amp, scaler)
     synchronize(device)
