@@ -7,7 +7,6 @@ loop, the questions, the bench and C8 all train through it. The speed options in
 (channels-last, autocast, torch.compile, the device loader) are applied here and nowhere else.
 """
 
-import hashlib
 import math
 import sys
 import time
@@ -266,14 +265,11 @@ def warm_up(cfg, device, batch_size, steps=3):
 
 def model_facts(model):
     """What a run's model is before its first step: size, BatchNorm layers, weights' hash."""
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "batchnorm_layers": sum(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                 for m in model.modules()),
-        "initial_weights_sha256": digest.hexdigest()[:16],
+        "initial_weights_sha256": parallel.weights_digest(model),
     }
 
 
