@@ -9,6 +9,7 @@ prints as one line and exit status 2.
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -18,6 +19,7 @@ from dataclasses import fields, replace
 
 import torch
 
+import ddp
 import parallel
 import report
 from data import DATASETS, DataError
@@ -197,7 +199,7 @@ def resolve_device(name):
 
 
 def parse_args(argv, config_class, exercises):
-    """(exercise name, Config, --eval/--no-eval or None, --force) from the command line.
+    """(exercise name, Config, --force) from the command line.
 
     Raises UsageError on bad input.
     """
@@ -205,7 +207,6 @@ def parse_args(argv, config_class, exercises):
     check(args, exercises)
     given = {f.name: getattr(args, f.name) for f in fields(config_class)
              if getattr(args, f.name, None) is not None}
-    given.pop("evaluate", None)  # per exercise: see report.exercise_config
     given["device"] = resolve_device("cuda" if args.cuda else args.device)
     given["compile"] = args.compile is not None
     given["compile_mode"] = None if args.compile in (None, "default") else args.compile
@@ -222,7 +223,7 @@ def parse_args(argv, config_class, exercises):
                "no --amp (26x in this project's bench); bf16 is the CPU's half precision")
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
-    return args.exercise, config_class(**given), args.evaluate, args.force
+    return args.exercise, config_class(**given), args.force
 
 
 def check(args, exercises):
@@ -292,11 +293,14 @@ def check_compiler():
 def main(argv, config_class, exercises):
     """Parse `argv`, run the exercise (or `all`), and return the exit status.
 
-    Launched by torchrun, every process runs this; they join one process group first.
+    Launched by torchrun, every process runs this; they join one process group first. The
+    ddp study's measuring process arrives here too, as `ddp-worker CONFIG OUT`.
     """
+    if argv[:1] == [ddp.WORKER] and len(argv) == 3:
+        return ddp.worker_main(config_class(**json.loads(argv[1])), out=argv[2])
     cfg = config_class()
     try:
-        name, cfg, evaluate, force = parse_args(argv, config_class, exercises)
+        name, cfg, force = parse_args(argv, config_class, exercises)
         if parallel.launched_by_torchrun():
             parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
         world = parallel.current_world()
@@ -305,15 +309,15 @@ def main(argv, config_class, exercises):
                   else contextlib.nullcontext())
         with folder:  # created, writable, and this run's alone
             if name == "all":
-                report.run_all(cfg, exercises, evaluate, force)
+                report.run_all(cfg, exercises, force)
             else:
                 exercise = exercises[name]
-                report.run_exercise(name, exercise,
-                                    report.exercise_config(exercise, cfg, evaluate))
+                report.run_exercise(name, exercise, report.exercise_config(exercise, cfg))
         parallel.stop()
     except (UsageError, DataError, report.OutputError, InferError,
             parallel.DistributedError) as error:
         notice(f"lab.py: error: {error}")
+        parallel.stop_together()  # under torchrun: every rank prints its line before any exits
         return 2
     except torch.OutOfMemoryError:
         notice(f"lab.py: error: the device ran out of memory: try a smaller --batch-size "

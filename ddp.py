@@ -2,15 +2,13 @@
 
     python lab.py ddp --max-procs 2 --dataset synthetic   # world sizes 1, 2 x batches 32/128/512
 
-For each world size and batch per process, ddp_study launches torchrun on this file's worker,
-which times a DDP training step with the gradient all-reduce and under `model.no_sync()`
-(computation only), and an all-reduce of ResNet-18's gradients on its own. The building blocks
-(the process group, the sampler, DDP, the sums over ranks) are in parallel.py.
-
-    torchrun --nproc_per_node=2 ddp.py check-start     # does a 2-process world start here?
+For each world size and batch per process, ddp_study launches torchrun on the measuring
+process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times a DDP training
+step with the gradient all-reduce and under `model.no_sync()` (computation only), and an
+all-reduce of ResNet-18's gradients on its own. The building blocks (the process group, the
+sampler, DDP, the sums over ranks) are in parallel.py.
 """
 
-import argparse
 import json
 import os
 import re
@@ -19,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import asdict, replace
 
 import torch
 import torch.distributed as dist
@@ -29,12 +28,13 @@ from parallel import DistributedError, same_initial_weights, start, stop, world_
 from timing import Timer
 from train import make_model, make_optimizer, train_step
 
-STUDY_BATCH_SIZES = (32, 128, 512)
 STUDY_STEPS = {"cpu": 1, "cuda": 20}    # timed steps per run: a CPU step at batch 512 takes 30 s
 STUDY_WARMUP = {"cpu": 1, "cuda": 5}
 ALL_REDUCE_REPEATS = 10
 RUN_LIMIT_S = 3600                      # one torchrun of the study; a hang is killed after this
-ERROR_PREFIX = "ddp.py: error: "
+WORKER = "ddp-worker"                   # lab.py ddp-worker CONFIG OUT: one run of the study
+LAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lab.py")
+ERROR_PREFIX = "ddp-worker: error: "
 EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]*(?:Error|Exception): .*)")
 
 
@@ -86,7 +86,7 @@ def timed(step, world):
     return timer.elapsed
 
 
-def measure_steps(args, world):
+def measure_steps(cfg, world, warmup):
     """Per-step seconds of the full DDP step and of the same step under no_sync().
 
     The full step averages the gradients with an all-reduce during the backward pass; under
@@ -94,21 +94,21 @@ def measure_steps(args, world):
     so a load coming and going on the machine hits both alike.
     """
     device = torch.device(world.device)
-    model = make_model(args, device)
+    model = make_model(cfg, device)
     initial_weights = same_initial_weights(model, world)
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     model = wrap(model, world)
-    images, labels = fixed_batch(args.batch_size, args.seed + world.rank, device)
+    images, labels = fixed_batch(cfg.batch_size, cfg.seed + world.rank, device)
     criterion = nn.CrossEntropyLoss()
     losses = []
 
     def step():
         losses.append(train_step(model, optimizer, criterion, images, labels)[1].detach())
 
-    for _ in range(args.warmup):  # the first steps allocate memory and pick kernels
+    for _ in range(warmup):  # the first steps allocate memory and pick kernels
         step()
     full, computation = [], []
-    for _ in range(args.steps):
+    for _ in range(cfg.ddp_steps):
         full.append(timed(step, world))
         with model.no_sync():
             computation.append(timed(step, world))
@@ -133,38 +133,60 @@ def time_all_reduce(floats, world, repeats=ALL_REDUCE_REPEATS):
     return slowest_rank([timer.elapsed / repeats], world)[0]
 
 
-def run_worker(args):
-    """The study's measuring process: one world size, one batch size; rank 0 writes args.out."""
+def run_worker(cfg, out):
+    """The study's measuring process: one world size, at cfg.batch_size per process and
+    cfg.ddp_steps timed steps of each kind; rank 0 writes the figures to `out`."""
     begin = time.perf_counter()
-    world = start(args.device)
+    world = start(cfg.device)
     init_time = time.perf_counter() - begin
+    warmup = STUDY_WARMUP.get(cfg.device, STUDY_WARMUP["cpu"])
     try:
-        figures = measure_steps(args, world)
+        figures = measure_steps(cfg, world, warmup)
         figures["all_reduce_time"] = time_all_reduce(figures["gradient_floats"], world)
         if world.is_main:
-            record = {"world": world_facts(world, args.batch_size, sync_bn=False),
-                      "init_time": init_time, "steps": args.steps, "warmup": args.warmup,
+            record = {"world": world_facts(world, cfg.batch_size, sync_bn=False),
+                      "init_time": init_time, "steps": cfg.ddp_steps, "warmup": warmup,
                       **figures}
-            with open(args.out, "w") as file:
+            with open(out, "w") as file:
                 json.dump(record, file, indent=2)
     finally:
         stop()
 
 
+def worker_main(cfg, out):
+    """`lab.py ddp-worker CONFIG OUT` under torchrun: run_worker, and the exit status.
+
+    Every failure ends in one line that starts with ERROR_PREFIX, which the study reads back
+    as the run's reason; a DistributedError reads the same on every rank.
+    """
+    try:
+        run_worker(cfg, out)
+    except DistributedError as error:
+        print(ERROR_PREFIX + str(error), file=sys.stderr, flush=True)
+        return 2
+    except Exception as error:
+        traceback.print_exc()
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {type(error).__name__}: "
+              f"{first_line}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def ddp_study(cfg, save=None):
     """Time data-parallel training steps for world sizes 1, 2, 4, ... and batch sizes per process.
 
-    Each (world size, batch size) is one torchrun of `ddp.py worker`; `save(result)` is called
-    after each. A run that fails is kept with its one-line reason and the study goes on.
+    Each (world size, batch size) is one torchrun of `lab.py ddp-worker`; `save(result)` is
+    called after each. A run that fails is kept with its one-line reason and the study goes on.
     The images are random tensors already on the device, whatever cfg.dataset says: data
     loading is C2's subject, and here it would only blur the step.
     """
-    device = torch.device(getattr(cfg, "device", "cpu")).type
-    max_procs = getattr(cfg, "max_procs", None)
+    device = torch.device(cfg.device).type
+    max_procs = cfg.max_procs
     if max_procs is None:
         max_procs = max(1, torch.cuda.device_count()) if device == "cuda" else 2
-    batch_sizes = tuple(getattr(cfg, "ddp_batch_sizes", None) or STUDY_BATCH_SIZES)
-    steps = getattr(cfg, "ddp_steps", None) or STUDY_STEPS.get(device, STUDY_STEPS["cpu"])
+    batch_sizes = tuple(cfg.ddp_batch_sizes)
+    steps = cfg.ddp_steps or STUDY_STEPS.get(device, STUDY_STEPS["cpu"])
     warmup = STUDY_WARMUP.get(device, STUDY_WARMUP["cpu"])
     world_sizes = sorted({2 ** k for k in range(max(max_procs, 1).bit_length())} | {max_procs})
     result = {"study_device": device, "max_procs": max_procs, "world_sizes": world_sizes,
@@ -172,7 +194,8 @@ def ddp_study(cfg, save=None):
               "usable_cores": usable_cores(), "runs": []}
     for n in world_sizes:
         for batch_size in batch_sizes:
-            run = launch_run(cfg, device, n, batch_size, steps, warmup)
+            run = launch_run(replace(cfg, device=device, batch_size=batch_size,
+                                     ddp_steps=steps), n)
             base = run if n == 1 else next((r for r in result["runs"] if r["world_size"] == 1
                                             and r["batch_per_rank"] == batch_size), None)
             run["speedup"] = speedup(run.get("images_per_second"),
@@ -187,19 +210,13 @@ def ddp_study(cfg, save=None):
     return result
 
 
-def launch_run(cfg, device, n, batch_size, steps, warmup):
-    """One torchrun of n workers at `batch_size` per process; the run's figures, or its reason."""
-    run = {"world_size": n, "batch_per_rank": batch_size, "global_batch": n * batch_size}
+def launch_run(cfg, n):
+    """One torchrun of n workers, cfg.batch_size per process: the run's figures, or its reason."""
+    run = {"world_size": n, "batch_per_rank": cfg.batch_size, "global_batch": n * cfg.batch_size}
     with tempfile.TemporaryDirectory(prefix="ddp-") as folder:
         out = os.path.join(folder, "worker.json")
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(n), os.path.abspath(__file__), "worker",
-                   "--out", out, "--device", device, "--batch-size", str(batch_size),
-                   "--steps", str(steps), "--warmup", str(warmup),
-                   "--seed", str(getattr(cfg, "seed", 0)), "--lr", str(getattr(cfg, "lr", 0.1)),
-                   "--optimizer", getattr(cfg, "optimizer", "sgd")]
-        if not getattr(cfg, "batch_norm", True):
-            command.append("--no-batch-norm")
+                   "--nproc_per_node", str(n), LAB, WORKER, json.dumps(asdict(cfg)), out]
         begin = time.perf_counter()
         returncode, stderr = run_torchrun(command, RUN_LIMIT_S)
         run["wall_time"] = time.perf_counter() - begin
@@ -271,56 +288,3 @@ def summarize_record(record):
                                  "seconds": seconds, "algorithm_bandwidth": nbytes / seconds,
                                  "bus_bandwidth": bus_bandwidth(nbytes, seconds, n)}
     return summary
-
-
-def check_start(args):
-    """`torchrun ... ddp.py check-start`: join the world, say so on every rank, leave."""
-    world = start(args.device, args.sync_bn)
-    try:
-        threads = "" if world.threads is None else (
-            f", {world.threads} torch thread{'' if world.threads == 1 else 's'}")
-        print(f"rank {world.rank} of {world.world_size}: {world.device}, {world.backend}"
-              f"{threads}", flush=True)
-    finally:
-        stop()
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(description="Data-parallel building blocks; run under "
-                                     "torchrun (python -m torch.distributed.run).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check-start", help="start the world on every rank, then stop")
-    worker = commands.add_parser("worker", help="the scaling study's measuring process")
-    for command in (check, worker):
-        command.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl)")
-    check.add_argument("--sync-bn", action="store_true", help="ask for SyncBatchNorm")
-    worker.add_argument("--out", required=True, help="rank 0 writes its JSON results here")
-    worker.add_argument("--batch-size", type=int, default=128, help="images per process")
-    worker.add_argument("--steps", type=int, default=1, help="timed steps of each kind")
-    worker.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
-    worker.add_argument("--seed", type=int, default=0, help="seeds the weights and the images")
-    worker.add_argument("--lr", type=float, default=0.1, help="learning rate")
-    worker.add_argument("--optimizer", default="sgd", help="as train.make_optimizer names it")
-    worker.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
-                        help="ResNet-18 without BatchNorm")
-    worker.set_defaults(channels_last=False)  # train.make_model reads it
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        (check_start if args.command == "check-start" else run_worker)(args)
-    except DistributedError as error:  # the same line on every rank, no traceback
-        print(ERROR_PREFIX + str(error), file=sys.stderr, flush=True)
-        sys.exit(2)
-    except Exception as error:
-        traceback.print_exc()
-        first_line = (str(error).splitlines() or [""])[0]
-        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {type(error).__name__}: "
-              f"{first_line}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -152,9 +152,9 @@ def export_program(model, example):
 def infer(cfg, save=None, ways=None, work_dir=None):
     """Measure each way in `ways` (all of WAYS by default); JSON-ready, save(result) after each.
 
-    cfg needs device, batch_norm and seed; infer_batch_sizes and checkpoint are optional. The
-    inputs are seeded random images. Saved files go to a temporary folder (inside `work_dir`
-    if given) that is removed at the end.
+    cfg is the lab's Config: device, batch_norm, seed, infer_batch_sizes and checkpoint are
+    read. The inputs are seeded random images. Saved files go to a temporary folder (inside
+    `work_dir` if given) that is removed at the end.
     """
     started = time.perf_counter()
     device = torch.device(cfg.device)
@@ -164,7 +164,7 @@ def infer(cfg, save=None, ways=None, work_dir=None):
     unknown = [name for name in ways if name not in WAYS]
     if unknown:
         raise ValueError(f"unknown way {', '.join(unknown)}; the ways are {', '.join(WAYS)}")
-    batch_sizes = [int(size) for size in getattr(cfg, "infer_batch_sizes", (1, 128))]
+    batch_sizes = [int(size) for size in cfg.infer_batch_sizes]
     model = load_model(cfg).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     inputs = [torch.randn(size, 3, 32, 32, generator=generator).to(device)  # (B, 3, 32, 32)
@@ -176,7 +176,7 @@ def infer(cfg, save=None, ways=None, work_dir=None):
     result = {
         "inference_device": str(device), "torch_version": torch.__version__,
         "threads": torch.get_num_threads(), "batch_norm": cfg.batch_norm, "seed": cfg.seed,
-        "checkpoint": getattr(cfg, "checkpoint", None), "batch_sizes": batch_sizes,
+        "checkpoint": cfg.checkpoint, "batch_sizes": batch_sizes,
         "repeats": dict(REPEATS[device.type]), "tolerance": TOLERANCE,
         "eager_output_scale": [output.abs().max().item() for output in reference],
         "block": look_at_a_block(model, device),
@@ -200,9 +200,8 @@ def load_model(cfg):
     """ResNet-18 in eval mode: seeded fresh weights, or those of cfg.checkpoint."""
     torch.manual_seed(cfg.seed)
     model = ResNet18(batch_norm=cfg.batch_norm)
-    path = getattr(cfg, "checkpoint", None)
-    if path is not None:
-        load_checkpoint(model, path)
+    if cfg.checkpoint is not None:
+        load_checkpoint(model, cfg.checkpoint)
     return model.eval()
 
 

@@ -56,7 +56,7 @@ class Config:
     optimizer: str = "sgd"
     lr: float = 0.1
     epochs: int = 5
-    evaluate: bool = False         # test accuracy after each epoch
+    evaluate: bool = None          # test accuracy after each epoch; None: the exercise's default
     batch_norm: bool = True
     out: str = "results"
     # Speed options, off by default: the default is the lab's plain path.
@@ -188,22 +188,22 @@ def best_worker_count(cfg):
     """(count, where it came from): --best-workers, else C3's results file when it was
     measured on this run's data, slice, batch size and device, else a sweep run now.
 
-    A count measured on another slice does not carry over: on 256 images worker start-up
+    This is the one way C4-C7 learn the count (`all` too: its C3 writes c3.json first). A
+    count measured on another slice does not carry over: on 256 images worker start-up
     dominates and 0 workers wins, which says nothing about a full epoch.
     """
+    if cfg.best_workers is not None:
+        return cfg.best_workers, "--best-workers"
     path = os.path.join(cfg.out, "c3.json")
     sweep, why = report.read_result(path, "c3", EXERCISES["c3"].render)
     if why:
         render.notice(f"c4-c7: not using {why}")
-    measured, mismatch = None, None
+    mismatch = None
+    slice_ = f"{cfg.train_size or 'all'} training images of {cfg.dataset}, batch {cfg.batch_size}"
     if sweep and sweep["complete"]:
         mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
-        measured = None if mismatch else sweep["best_workers"]
-    if cfg.best_workers is not None and cfg.best_workers != measured:
-        return cfg.best_workers, "--best-workers"
-    slice_ = f"{cfg.train_size or 'all'} training images of {cfg.dataset}, batch {cfg.batch_size}"
-    if measured is not None:
-        return measured, f"C3's results in {path} (measured on {slice_})"
+        if not mismatch:
+            return sweep["best_workers"], f"C3's results in {path} (measured on {slice_})"
     why = (f"{path} was measured with another {', '.join(mismatch)}" if mismatch
            else "no C3 results and no --best-workers")
     render.notice(f"{why}: sweeping the worker counts on this run's slice first")

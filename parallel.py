@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
 # Long enough for rank 0 to evaluate or save while the others wait at the next collective;
 # short enough that a lost rank ends the run in minutes (torch's default is 10 to 30).
 TIMEOUT = datetime.timedelta(minutes=5)
+# How long a rank that stops on bad input waits for the others to reach the same line.
+STOP_WAIT = datetime.timedelta(seconds=15)
 TIMING_KEYS = ("data_time", "train_time", "other_time", "epoch_time", "first_batch_time",
                "last_train_time")
 
@@ -99,6 +102,33 @@ def start(device_type, sync_bn=False, timeout=TIMEOUT):
     dist.init_process_group(backend, timeout=timeout,
                             device_id=torch.device(device) if backend == "nccl" else None)
     return current_world()
+
+
+def stop_together(timeout=STOP_WAIT):
+    """Under torchrun, before the process group exists: wait, at most `timeout`, until every
+    rank has reached this call, then return.
+
+    torchrun stops every process once one of them exits with an error. Bad input fails on
+    every rank alike, but a rank still importing torch would be stopped before it prints its
+    line; each rank prints first, then waits here, so every rank's line is printed. The count
+    is kept in torchrun's own store (at MASTER_ADDR:MASTER_PORT; without torchrun's agent,
+    rank 0 holds it, as init_process_group would). Best effort: a store that cannot be
+    reached means no wait.
+    """
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    deadline = time.monotonic() + timeout.total_seconds()
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              world_size, is_master=hosts, timeout=timeout,
+                              wait_for_workers=False)
+        store.add("lab.py stopping", 1)
+        while store.add("lab.py stopping", 0) < world_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception:  # no store (a busy port, a rank 0 gone): each rank has printed already
+        pass
 
 
 def stop():

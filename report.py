@@ -93,12 +93,9 @@ def show(text, stream):
                           "; every finished step is saved in the results folder") from None
 
 
-def exercise_config(exercise, cfg, evaluate=None, best_workers=None):
-    """The configuration one exercise runs with: its --eval default, and the best worker count."""
-    cfg = replace(cfg, evaluate=exercise.evaluate if evaluate is None else evaluate)
-    if best_workers is not None and exercise.takes_best_workers:
-        cfg = replace(cfg, best_workers=best_workers, num_workers=best_workers)
-    return cfg
+def exercise_config(exercise, cfg):
+    """The configuration one exercise runs with: --eval/--no-eval, else the exercise's default."""
+    return replace(cfg, evaluate=exercise.evaluate if cfg.evaluate is None else cfg.evaluate)
 
 
 def finished_result(name, cfg, exercise=None):
@@ -123,29 +120,26 @@ def as_saved(cfg):
     return json.loads(json.dumps(asdict(cfg)))
 
 
-def run_all(cfg, exercises, evaluate=None, force=False, stream=None):
-    """Every exercise of the lab in order, C3's best worker count fed into C4-C7.
+def run_all(cfg, exercises, force=False, stream=None):
+    """Every exercise of the lab in order; C4-C7 read C3's best worker count from its results.
 
     Exercises already complete for the same configuration are skipped (unless `force`), so
     a run stopped with Ctrl-C continues where it stopped. REPORT.md is rewritten after each
     exercise and when interrupted, so it always covers what finished.
     """
     stream = stream or sys.stdout
-    best = cfg.best_workers  # --best-workers wins over C3's result
     try:
         for name, exercise in exercises.items():
             if not exercise.in_lab:
                 continue
-            each = exercise_config(exercise, cfg, evaluate, best)
+            each = exercise_config(exercise, cfg)
             result = None if force else finished_result(name, each, exercise)
             if result is not None:
                 show(f"\n{name}: complete in {cfg.out}/{name}.json for this configuration; "
                      "skipped (--force reruns it)", stream)
             else:
-                result = run_exercise(name, exercise, each, stream)
+                run_exercise(name, exercise, each, stream)
                 write_report(cfg, exercises)
-            if exercise.finds_best_workers and cfg.best_workers is None:
-                best = result["best_workers"]  # C3's count, for the exercises after it
     finally:
         path = write_report(cfg, exercises)
         show(f"\nlab report: {path}", stream)

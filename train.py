@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -122,29 +123,17 @@ def train_step(model, optimizer, criterion, images, labels, amp=None, scaler=Non
     return outputs, loss
 
 
-def timed_batches(loader, timer):
-    """Yield the loader's batches, timing each wait for one in `timer.data()`.
-
-    The first window includes `iter(loader)`, which starts the worker processes; the last
-    one is the `next()` that finds the epoch over and shuts them down. Each window is also a
-    `data_loading` range for the profiler.
-    """
-    with record_function("data_loading"), timer.data():
-        batches = iter(loader)
-        batch = next(batches, None)
-    while batch is not None:
-        yield batch
-        with record_function("data_loading"), timer.data():
-            batch = next(batches, None)
-
-
-def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=False,
+def train_one_epoch(model, loader, optimizer, device, *, amp=None, channels_last=False,
                     scaler=None, progress=None, profiler=None, timer=None):
     """Train one epoch; return the average loss, top-1 accuracy and C2's three times.
 
-    The loss and the number of correct predictions are summed on the device, inside the
-    training window, so per-batch figures cost no extra synchronisation. Each training window
-    is a `training_step` range for the profiler; `profiler.step()` is called after each step.
+    The three windows of timing.EpochTimer are all here: `timer.data()` around each wait for a
+    batch, `timer.train()` around each step, `timer.epoch()` around the whole. The first data
+    window includes `iter(loader)`, which starts the worker processes; the last is the `next()`
+    that finds the epoch over and shuts them down. The loss and the number of correct
+    predictions are summed on the device, inside the training window, so per-batch figures
+    cost no extra synchronisation. The windows are also `data_loading` and `training_step`
+    ranges for the profiler; `profiler.step()` is called after each step.
     """
     model.train()
     criterion = nn.CrossEntropyLoss()
@@ -154,12 +143,16 @@ def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=Fa
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     with timer.epoch():
-        for images, labels in timed_batches(loader, timer):
+        with record_function("data_loading"), timer.data():
+            batches = iter(loader)
+            batch = next(batches, None)
+        while batch is not None:
             with record_function("training_step"), timer.train():
+                images, labels = batch
                 images = images.to(device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(device, non_blocking=True)
-                outputs, loss = train_step(model, optimizer, criterion, images, labels, amp,
-                                           scaler)
+                outputs, loss = train_step(model, optimizer, criterion, images, labels,
+                                           amp=amp, scaler=scaler)
                 loss_sum += loss.detach().float() * len(labels)
                 correct += (outputs.argmax(dim=1) == labels).sum()
             seen += len(labels)
@@ -167,6 +160,8 @@ def train_one_epoch(model, loader, optimizer, device, amp=None, channels_last=Fa
                 progress.batch(seen, loss_sum, correct)
             if profiler is not None:
                 profiler.step()
+            with record_function("data_loading"), timer.data():
+                batch = next(batches, None)
     return {
         "train_loss": loss_sum.item() / max(seen, 1),
         "train_accuracy": 100.0 * correct.item() / max(seen, 1),
@@ -217,8 +212,9 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
         progress = Progress(f"{label}epoch {epoch}/{cfg.epochs}",
                             len(sampler) if sampler else len(train_loader.dataset), shown=shown)
         result = {"epoch": epoch}
-        result.update(train_one_epoch(model, train_loader, optimizer, device, cfg.amp,
-                                      cfg.channels_last, scaler, progress, profiler))
+        result.update(train_one_epoch(model, train_loader, optimizer, device, amp=cfg.amp,
+                                      channels_last=cfg.channels_last, scaler=scaler,
+                                      progress=progress, profiler=profiler))
         if world is not None:
             result.update(parallel.reduce_epoch(result, world))
         result["diverged"] = not math.isfinite(result["train_loss"])
@@ -236,31 +232,26 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     return run
 
 
-_warmed_up = set()  # the devices this process has warmed up: the cost is paid once per process
-
-
 def warm_up(cfg, device, batch_size, steps=3):
-    """A few untimed steps of a throwaway model, before the first timed run of the process.
+    """A few untimed steps of a throwaway model, before a timed run on a GPU.
 
     The first steps in a process on a GPU create the cuDNN and cuBLAS handles, load kernels
     lazily and grow the memory allocator. Without this, the first run timed (C4's 1 worker,
-    C6's first optimizer, C8's eager) is charged for them. On the CPU the one-off cost is
-    small against a step of seconds, so it is skipped there.
+    C6's first optimizer, C8's eager) is charged for them; later runs pay a few fast steps.
+    The model is not compiled, so that C8 still times its compilation in full. On the CPU the
+    one-off cost is small against a step of seconds, so it is skipped there.
     """
-    if device.type == "cpu" or device in _warmed_up:
+    if device.type == "cpu":
         return
-    model = ResNet18(batch_norm=cfg.batch_norm).to(device)
+    model, optimizer, scaler = make_training(replace(cfg, compile=False), device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     images = torch.randn(batch_size, 3, 32, 32, device=device)  # (B, 3, 32, 32)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (batch_size,), device=device)
     for _ in range(steps):
-        train_step(model, optimizer, nn.CrossEntropyLoss(), images, labels, cfg.amp, scaler)
+        train_step(model, optimizer, nn.CrossEntropyLoss(), images, labels, amp=cfg.amp,
+                   scaler=scaler)
     synchronize(device)
-    _warmed_up.add(device)
 
 
 def model_facts(model):
