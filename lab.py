@@ -36,7 +36,8 @@ from ddp import ddp_study
 from infer import infer
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
-from speed import bench, c8_compile, profiling
+from speed import bench, c8_compile
+from timing import profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
 
@@ -100,7 +101,7 @@ def training_run(cfg, save=None, label="", trace_name=None):
     """fit() on cfg's data, save(run) after every epoch; {"model", "epochs", "summary"}.
 
     With cfg.profile and a trace_name, the first steps are recorded into
-    <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
+    <out>/<trace_name>.trace.json and the run gets a "profile" summary (timing.Profile).
     """
     train_set, test_set, _ = datasets_for(cfg)
     profiled = cfg.profile and trace_name

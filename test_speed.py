@@ -23,6 +23,7 @@ from torchvision import datasets
 
 import render
 import speed
+import timing
 from data import (MEAN, STD, DataError, DeviceLoader, SyntheticCIFAR, make_loader, seeded_subset,
                   test_transform, train_transform)
 from lab import Config
@@ -267,7 +268,7 @@ class ProfileTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder, "run.trace.json"))
             with native_stderr_to(os.path.join(folder, "profiler.log")), \
-                    speed.profiling(path, CPU, max_steps) as profile:
+                    timing.profiling(path, CPU, max_steps) as profile:
                 fit(cfg, train_set, train_set, profiler=profile)
             with open(path) as file:
                 trace = json.load(file)  # valid JSON, or this raises
@@ -281,7 +282,7 @@ class ProfileTest(unittest.TestCase):
         self.assertGreater(summary["data_loading_time"], 0)
         self.assertGreater(summary["training_step_time"], summary["data_loading_time"])
         operators = summary["operators"]
-        self.assertEqual(len(operators), speed.TOP_OPERATORS)
+        self.assertEqual(len(operators), timing.TOP_OPERATORS)
         times = [op["self_cpu_time"] for op in operators]
         self.assertEqual(times, sorted(times, reverse=True))
         # With no workers the transforms run in this process: ToTensor's /255 is data loading.
@@ -299,15 +300,15 @@ class ProfileTest(unittest.TestCase):
         self.assertIn(("aten::convolution", "training step"), phases)
 
     def test_no_trace_path_profiles_nothing(self):
-        with speed.profiling(None) as profile:
+        with timing.profiling(None) as profile:
             self.assertIsNone(profile)
 
     @staticmethod
     def all_operators(summary, trace):
         """Every operator in the trace with its phase, by the same rule as the summary."""
         events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-        ranges = [(e["ts"], e["ts"] + e["dur"], speed.PHASES[e["name"]])
-                  for e in events if e["name"] in speed.PHASES]
+        ranges = [(e["ts"], e["ts"] + e["dur"], timing.PHASES[e["name"]])
+                  for e in events if e["name"] in timing.PHASES]
         rows = []
         for e in events:
             if e.get("cat") != "cpu_op":
