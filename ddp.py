@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from machine import usable_cores
 from parallel import DistributedError, same_initial_weights, start, stop, world_facts, wrap
+from render import one_line
 from timing import Timer
 from train import make_model, make_optimizer, train_step
 
@@ -316,9 +317,8 @@ def main(argv=None):
         sys.exit(2)
     except Exception as error:
         traceback.print_exc()
-        first_line = (str(error).splitlines() or [""])[0]
-        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {type(error).__name__}: "
-              f"{first_line}", file=sys.stderr, flush=True)
+        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {one_line(error)}",
+              file=sys.stderr, flush=True)
         sys.exit(1)
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from render import one_line
 from resnet import ResNet18
 from timing import Timer, synchronize
 
@@ -316,13 +317,6 @@ def percentile(values, q):
     rank = (len(ordered) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def one_line(error, with_type=True):
-    """An exception (or warning) as one line: its type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    message = lines[0] if lines else ""
-    return f"{type(error).__name__}: {message}" if with_type else message
 
 
 # ----------------------------------------------------------------------------------------

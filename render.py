@@ -38,6 +38,14 @@ def plural(count, noun):
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def one_line(error, with_type=True, max_chars=None):
+    """An exception (or warning) as one line: its type and the first line of its message, cut
+    to `max_chars` when given."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    return (f"{type(error).__name__}: {message}" if with_type else message)[:max_chars]
+
+
 def notice(text, stream=None):
     """A line for the user on stderr. A closed or full stderr is ignored: a message must never
     cost a trained epoch or hide how a run ended."""

@@ -21,7 +21,7 @@ import torch
 
 from data import DeviceLoader, SyntheticCIFAR, load_datasets, make_loader, test_transform
 from machine import usable_cores
-from render import plural
+from render import one_line, plural
 from timing import CudaEventTimer, EpochTimer, NullTimer, Timer
 from train import fit, make_optimizer, make_training, train_one_epoch, train_step
 from resnet import ResNet18
@@ -38,6 +38,7 @@ BENCH_SIZES = {
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 C8_CPU_TRAIN_SIZE = 256  # c8 on a CPU without --train-size: a slice that runs in minutes
+ERROR_CHARS = 300  # a failed row's reason: its exception's first line, cut to this
 
 
 # ----------------------------------------------------------------------------------------
@@ -87,12 +88,6 @@ def cold_compiles():
     with warnings.catch_warnings(), torch.compiler.config.patch(force_disable_caches=True):
         warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # as asked
         yield
-
-
-def short_error(error):
-    """The first line of an exception, with its type: enough to see why a row failed."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def bench(cfg, save=None):
@@ -154,14 +149,14 @@ def bench_steps(cfg, device, train_set, sizes):
             row["warmup_time"] = steps_time(trainer, batch, sizes["warmup_steps"], device)
             trainers.append((row, trainer, batch))
         except Exception as error:  # a compiler missing or failing: report the row, go on
-            row["error"] = short_error(error)
+            row["error"] = one_line(error, max_chars=ERROR_CHARS)
     for _ in range(sizes["repeats"]):
         for row, trainer, batch in trainers:
             try:
                 elapsed = steps_time(trainer, batch, sizes["steps"], device)
                 row["rates"].append(sizes["steps"] * len(labels) / elapsed)
             except Exception as error:
-                row["error"] = short_error(error)
+                row["error"] = one_line(error, max_chars=ERROR_CHARS)
         trainers = [t for t in trainers if t[0]["error"] is None]
     default = rows[0]
     for row in rows:
@@ -238,7 +233,7 @@ def c8_compile(cfg, save=None):
                 run["epoch_times"] = [epoch["epoch_time"] for epoch in epochs]
                 run["last_step_times"] = [epoch["last_train_time"] for epoch in epochs]
             except Exception as error:
-                run["error"] = short_error(error)
+                run["error"] = one_line(error, max_chars=ERROR_CHARS)
             result["runs"].append(run)
             result["analysis"] = analyse_compile(result)
             if save is not None:
