@@ -31,12 +31,12 @@ import torch.nn as nn
 import cli
 import render
 import report
+import speed
 from data import datasets_for, make_loader
 from ddp import ddp_study
 from infer import infer
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
-from speed import bench, c8_compile
 from timing import profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
@@ -603,10 +603,10 @@ EXERCISES = {
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
                         render.render_summary, uses_data=False, saves_progress=False),
     # Beyond the lab: they pick their own slices and record the data set they used.
-    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render.render_c8,
-                   uses_data=False, in_lab=False),
-    "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render.render_bench, uses_data=False, in_lab=False),
+    "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
+                   speed.render_c8, uses_data=False, in_lab=False),
+    "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
+                      speed.render_bench, uses_data=False, in_lab=False),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
                       render.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes"),

@@ -19,9 +19,10 @@ from dataclasses import replace
 
 import torch
 
-from data import DeviceLoader, SyntheticCIFAR, load_datasets, make_loader, test_transform
+from data import (CIFAR10_TRAIN_IMAGES, DeviceLoader, SyntheticCIFAR, load_datasets, make_loader,
+                  test_transform)
 from machine import usable_cores
-from render import one_line, plural
+from render import markdown_table, one_line, plural, seconds
 from timing import CudaEventTimer, EpochTimer, NullTimer, Timer
 from train import fit, make_optimizer, make_training, train_one_epoch, train_step
 from resnet import ResNet18
@@ -272,6 +273,137 @@ def analyse_compile(result):
             row["payback_epochs"] = max(row["compile_cost"], 0.0) / row["saving"]
             row["payback_images"] = row["payback_epochs"] * result["train_images"]
     return analysis
+
+
+# ----------------------------------------------------------------------------------------
+# Printing the results, each from its result alone (REPORT.md rebuilds from the files)
+
+
+def render_bench(result):
+    step, pipeline = result["step"], result.get("pipeline")
+    rows = []
+    for row in step["rows"]:
+        name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
+        if row["error"] is not None:
+            rows.append([name, "failed", "-", "-"])
+            continue
+        rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
+                     f"{row['warmup_time']:.2f}"])
+    sizes = result["sizes"]
+    text = [
+        f"Training step, batch {step['batch_size']}, the batch already on the device:",
+        "",
+        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
+        "",
+        f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
+        f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
+        "compilation for the compile rows, timed with the compiler's caches off as on a first "
+        "run; the compiler's own start-up, once per process, took "
+        f"{step['compiler_startup_time']:.1f} s more.",
+    ]
+    text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
+    if pipeline is not None:
+        rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
+                for row in pipeline["rows"]]
+        setup = pipeline["rows"][-1]["setup_time"]
+        text += [
+            "",
+            f"Data pipeline, batch {pipeline['batch_size']}, whole passes over "
+            f"{pipeline['images']:,} training images, each batch delivered on the device:",
+            "",
+            markdown_table(["loader", "images/s", f"vs {pipeline['reference']}"], rows),
+            "",
+            f"Median of {sizes['pipeline_repeats']} passes each, taken in turns; DataLoader "
+            "passes include starting their workers, as every epoch in C2 does. The device "
+            f"loader's one-off upload of the images took {setup:.2f} s. The device loader "
+            "changes where the data comes from, not the step, so it has no row above.",
+        ]
+    return "\n".join(text)
+
+
+def render_c8(result):
+    analysis = result.get("analysis", [])
+    rows = []
+    for row, run in zip(analysis, result["runs"]):
+        if run["error"] is not None:
+            rows.append([row["mode"], "failed", "-", "-", "-", "-"])
+            continue
+        rows.append([row["mode"], seconds(row["first_epoch"]), seconds(row["later_epochs"]),
+                     seconds(row["compile_cost"]),
+                     "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+                     "-" if row["payback_epochs"] is None else f"{row['payback_epochs']:.1f}"])
+    text = [f"{result['train_images']:,} training images, batch {result['batch_size']}, "
+            f"{result['epochs']} epochs per mode."]
+    if result["note"]:
+        text.append(result["note"])
+    text += ["", markdown_table(["mode", "first epoch (s)", "later epochs, mean (s)",
+                                 "compilation (s)", "later vs eager", "pays back after (epochs)"],
+                                rows),
+             "", explain_compile(result)]
+    text += [f"\n{run['mode']} failed: {run['error']}" for run in result["runs"] if run["error"]]
+    return "\n".join(text)
+
+
+def recompile_costs(analysis):
+    """What the last batch's step cost in the first epoch beyond later epochs, per mode."""
+    costs = [f"{mode} {row['last_step_extra']:.1f} s" for mode, row in analysis.items()
+             if mode != "eager" and row.get("last_step_extra") is not None]
+    if not costs:
+        return ""
+    return ("Compiling that second graph made the first epoch's last step slower than in later "
+            "epochs by: " + ", ".join(costs) + ".")
+
+
+def explain_compile(result):
+    """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
+    analysis = {row["mode"]: row for row in result.get("analysis", [])}
+    eager = analysis.get("eager")
+    if eager is None or eager["later_epochs"] is None:
+        return "With one epoch there is no later epoch to compare with: use --epochs 2 or more."
+    warmup = eager["first_epoch"] - eager["later_epochs"]
+    if warmup > 0:
+        eager_line = (f"Eager's own first epoch was {warmup:.2f} s slower than its later ones "
+                      "(allocating memory, choosing kernels); the compilation column subtracts "
+                      "that.")
+    else:
+        eager_line = (f"Eager's own first epoch was no slower than its later ones "
+                      f"({eager['first_epoch']:.2f} s against {eager['later_epochs']:.2f} s: "
+                      "the difference is noise).")
+    lines = [
+        "Why the first epoch is slow: on its first step torch.compile traces the model into a "
+        "graph (Dynamo), derives the backward graph (AOTAutograd), fuses operators and "
+        "generates kernels (Inductor: C++ on a CPU, Triton on a GPU), then compiles them. That "
+        "is done once per process and input shape; later steps run the compiled code. "
+        f"{eager_line} The compiler's start-up, once per process, took "
+        f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
+    last_batch = result["train_images"] % result["batch_size"]
+    if last_batch:
+        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape. The "
+                     "model is compiled with static shapes (dynamic=False), so that batch gets "
+                     "a graph of its own, compiled in the first epoch, and full batches keep "
+                     "theirs; with dynamic shapes, every later batch would run one slower "
+                     "graph. " + recompile_costs(analysis))
+    for mode, row in analysis.items():
+        if mode == "eager" or row["compile_cost"] is None:
+            continue
+        line = (f"- {mode}: the first epoch took {row['first_epoch']:.1f} s, about "
+                f"{row['compile_cost']:.1f} s of it compilation; later epochs "
+                f"{row['later_epochs']:.2f} s against eager's {eager['later_epochs']:.2f} s")
+        if row["payback_epochs"] is None:
+            line += ", no faster, so compiling does not pay back at this size on this device."
+        else:
+            full = row["payback_images"] / CIFAR10_TRAIN_IMAGES
+            line += (f", {row['saving']:.2f} s saved per epoch: it pays back after "
+                     f"{row['payback_epochs']:.1f} epochs of this size, "
+                     f"{row['payback_images']:,.0f} images ({full:.2f} of a full CIFAR-10 "
+                     "epoch).")
+        lines.append(line)
+    if "reduce-overhead" in analysis:
+        lines.append("reduce-overhead adds CUDA graphs, which replay a whole step's kernels in "
+                     "one launch; on a CPU there are no CUDA graphs, and it compiles like "
+                     "default. max-autotune also benchmarks alternative kernels while it "
+                     "compiles: a longer compilation for a step that may be faster.")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------

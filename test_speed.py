@@ -345,7 +345,7 @@ class BenchFiguresTest(unittest.TestCase):
                 {**row, "name": "amp bf16", "images_per_second": 21.0, "ratio": 2.1},
                 {**row, "name": "compile", "images_per_second": None, "ratio": None,
                  "error": "BackendCompilerFailed: no C++ compiler"}]}}
-        text = render.render_bench(result)
+        text = speed.render_bench(result)
         self.assertIn("| amp bf16 (best) |", text)
         self.assertIn("2.10x", text)
         self.assertIn("compile failed: BackendCompilerFailed: no C++ compiler", text)
@@ -364,7 +364,7 @@ class BenchFiguresTest(unittest.TestCase):
         self.assertEqual(default["payback_images"], 31 * 256)
         self.assertIsNone(autotune["payback_epochs"])   # slower than eager: never
         result["analysis"] = [eager, default, autotune]
-        text = render.explain_compile(result)
+        text = speed.explain_compile(result)
         self.assertIn("pays back after 31.0 epochs", text)
         self.assertIn("does not pay back", text)
 
@@ -372,7 +372,7 @@ class BenchFiguresTest(unittest.TestCase):
         result = {"train_images": 256, "batch_size": 128, "compiler_startup_time": 1.0,
                   "runs": [{"mode": "eager", "epoch_times": [10.0], "error": None}]}
         result["analysis"] = speed.analyse_compile(result)
-        self.assertIn("--epochs 2", render.explain_compile(result))
+        self.assertIn("--epochs 2", speed.explain_compile(result))
 
 
 if __name__ == "__main__":
