@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 
 import cli
+import infer
 import render
 import report
 import speed
 from data import datasets_for, make_loader
 from ddp import ddp_study
-from infer import infer
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
 from timing import profiling
@@ -607,8 +607,8 @@ EXERCISES = {
                    speed.render_c8, uses_data=False, in_lab=False),
     "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
                       speed.render_bench, uses_data=False, in_lab=False),
-    "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
-                      render.render_infer, uses_data=False, in_lab=False,
+    "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
+                      infer.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes"),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp_study, render.render_ddp, uses_data=False, in_lab=False,
