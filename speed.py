@@ -7,7 +7,7 @@ themselves cost.
 
 Every speed figure is a median over repeats taken in turns, so that a load that comes and goes
 on a shared machine hits every row alike, and is given as a ratio against a baseline measured
-in the same run.
+in the same run. `render_bench` and `render_c8` turn a result into its tables and what they say.
 """
 
 import statistics
