@@ -6,8 +6,9 @@
     python lab.py --help                  # every exercise and option
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
-and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The printing is in
-render.py, the results files and REPORT.md in report.py, the command line in cli.py.
+and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The lab's printing is
+in render.py (bench, c8, infer and ddp print from their own modules), the results files and
+REPORT.md in report.py, the command line in cli.py.
 """
 
 import signal
@@ -29,12 +30,12 @@ import torch
 import torch.nn as nn
 
 import cli
+import ddp
 import infer
 import render
 import report
 import speed
 from data import datasets_for, make_loader
-from ddp import ddp_study
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
 from timing import profiling
@@ -611,7 +612,7 @@ EXERCISES = {
                       infer.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes"),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
-                    ddp_study, render.render_ddp, uses_data=False, in_lab=False,
+                    ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
                     batch_sizes="ddp_batch_sizes"),
 }
 
