@@ -5,8 +5,8 @@
 For each world size and batch per process, ddp_study launches torchrun on the measuring
 process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times a DDP training
 step with the gradient all-reduce and under `model.no_sync()` (computation only), and an
-all-reduce of ResNet-18's gradients on its own. The building blocks (the process group, the
-sampler, DDP, the sums over ranks) are in parallel.py.
+all-reduce of ResNet-18's gradients on its own; render_ddp prints what the figures show. The
+building blocks (the process group, the sampler, DDP, the sums over ranks) are in parallel.py.
 """
 
 import json
@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from machine import usable_cores
 from parallel import DistributedError, same_initial_weights, start, stop, world_facts, wrap
+from render import markdown_table, one_line, percent, ratio
 from timing import Timer
 from train import make_model, make_optimizer, train_step
 
@@ -166,9 +167,8 @@ def worker_main(cfg, out):
         return 2
     except Exception as error:
         traceback.print_exc()
-        first_line = (str(error).splitlines() or [""])[0]
-        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {type(error).__name__}: "
-              f"{first_line}", file=sys.stderr, flush=True)
+        print(f"{ERROR_PREFIX}rank {os.environ.get('RANK', '?')}: {one_line(error)}",
+              file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -288,3 +288,158 @@ def summarize_record(record):
                                  "seconds": seconds, "algorithm_bandwidth": nbytes / seconds,
                                  "bus_bandwidth": bus_bandwidth(nbytes, seconds, n)}
     return summary
+
+
+# ----------------------------------------------------------------------------------------
+# Printing the results, from the result alone (REPORT.md rebuilds from the file)
+
+
+def _hundred(fraction):
+    return None if fraction is None else 100 * fraction
+
+
+def render_ddp(result):
+    """The study as Markdown: the table, the all-reduce figures, and what they show."""
+    runs = result["runs"]
+    ok = [r for r in runs if r["ok"]]
+    rows = [[r["world_size"], r["batch_per_rank"], r["global_batch"],
+             f"{r['images_per_second']:.1f}", ratio(r["speedup"]),
+             percent(_hundred(r["efficiency"])),
+             f"{1000 * r['computation_time']:.1f}", f"{1000 * r['communication_time']:.1f}",
+             percent(_hundred(r["communication_share"]))] for r in ok]
+    text = markdown_table(["processes", "batch per process", "global batch", "images/s",
+                           "speed-up", "efficiency", "computation (ms)",
+                           "communication (ms)", "communication share"], rows, align="r" * 9)
+    text += "".join(f"\n- {r['world_size']} × batch {r['batch_per_rank']}: failed: "
+                    f"{r['reason']}" for r in runs if not r["ok"])
+    text += (f"\n\n{result['study_device']}, {result['steps']} timed step(s) of each kind after "
+             f"{result['warmup']} warm-up step(s); speed-up against 1 process at the same "
+             "batch per process; computation is the step under no_sync() (no all-reduce), "
+             "communication what the full step takes beyond it.\n")
+    for line in _all_reduce_lines(ok):
+        text += f"\n{line}"
+    if ok:
+        text += "\n\n" + " ".join(filter(None, [
+            _explain_dominance(ok), _explain_batch(ok), _explain_overlap(ok),
+            _explain_hardware(result, ok), _explain_launch(ok)]))
+    return text + "\n"
+
+
+def _all_reduce_lines(ok):
+    """One line per world size: the standalone all-reduce of a gradient's worth of float32."""
+    lines = []
+    for n in sorted({r["world_size"] for r in ok if r["all_reduce"]}):
+        figures = next(r["all_reduce"] for r in ok if r["world_size"] == n and r["all_reduce"])
+        backend = next(r["backend"] for r in ok if r["world_size"] == n)
+        lines.append(f"all_reduce of {figures['bytes'] / 1e6:.1f} MB ({figures['floats']:,} "
+                     f"float32, the gradient) across {n} processes, {backend}: "
+                     f"{1000 * figures['seconds']:.1f} ms, algorithm bandwidth "
+                     f"{figures['algorithm_bandwidth'] / 1e9:.2f} GB/s, bus bandwidth "
+                     f"{figures['bus_bandwidth'] / 1e9:.2f} GB/s (2(n-1)/n × bytes / time, as "
+                     "nccl-tests defines it).")
+    return lines
+
+
+def _explain_dominance(ok):
+    """Where communication takes more than half of a step, if anywhere."""
+    shared = [r for r in ok if r["world_size"] > 1]
+    if not shared:
+        return "Only 1 process ran, so nothing was communicated."
+    dominated = [f"{r['world_size']} × {r['batch_per_rank']}" for r in shared
+                 if r["communication_share"] > 0.5]
+    top = max(shared, key=lambda r: r["communication_share"])
+    if dominated:
+        return (f"Communication takes more than half of the step at {', '.join(dominated)} "
+                "(processes × batch per process).")
+    return (f"Communication never takes half of a step here; its largest share is "
+            f"{percent(_hundred(top['communication_share']))}, at {top['world_size']} processes × "
+            f"batch {top['batch_per_rank']}.")
+
+
+def _explain_batch(ok):
+    """Why a larger batch per process hides the all-reduce, in this study's numbers."""
+    n = max(r["world_size"] for r in ok)
+    at_n = sorted((r for r in ok if r["world_size"] == n), key=lambda r: r["batch_per_rank"])
+    if n == 1 or len(at_n) < 2:
+        return ""
+    small, large = at_n[0], at_n[-1]
+    megabytes = next((r["all_reduce"]["bytes"] / 1e6 for r in at_n if r["all_reduce"]), None)
+    size = f"the same {megabytes:.1f} MB" if megabytes else "the same size"
+    text = (f"With {n} processes the computation grows with the batch, from "
+            f"{1000 * small['computation_time']:.0f} ms at {small['batch_per_rank']} images per "
+            f"process to {1000 * large['computation_time']:.0f} ms at "
+            f"{large['batch_per_rank']}, while the all-reduce moves {size} of gradients "
+            "whatever the batch")
+    shares = (f"{percent(_hundred(small['communication_share']))} to "
+              f"{percent(_hundred(large['communication_share']))}")
+    if large["communication_share"] < small["communication_share"]:
+        return text + f", so its share of the step falls from {shares}."
+    return text + (f"; yet its share did not fall here ({shares}): with few timed steps, and "
+                   "cores shared with anything else running, two steps can differ by more "
+                   "than the all-reduce itself.")
+
+
+def _explain_overlap(ok):
+    """Communication per step against the standalone all-reduce, and what the noise does."""
+    shared = [r for r in ok if r["all_reduce"]]
+    hidden = [r for r in shared if 0 <= r["communication_time"] < r["all_reduce"]["seconds"]]
+    longer = [r for r in shared if r["communication_time"] >= r["all_reduce"]["seconds"]]
+    text = []
+    if hidden:
+        text.append(f"In {len(hidden)} of the {len(shared)} runs with more than one process "
+                    "a step lost less than one standalone all-reduce: DDP all-reduces each "
+                    "bucket of gradients as soon as the backward pass has produced it, while "
+                    "the rest is still being computed.")
+    if longer:
+        text.append(f"In {len(longer)} of the {len(shared)} runs with more than one process "
+                    "a step lost more than one standalone all-reduce: the gradient goes in "
+                    "several buckets (up to 25 MB each), each its own all-reduce, and they run "
+                    "beside the backward pass, sharing its hardware.")
+    if any(r["communication_time"] < 0 for r in ok):
+        text.append("A negative communication time means the two kinds of step differed by "
+                    "less than the noise between steps: read it as zero.")
+    single = [r["communication_time"] for r in ok if r["world_size"] == 1]
+    if single:
+        text.append("With 1 process there is nothing to exchange, so its 'communication' "
+                    f"({1000 * min(single):.0f} to {1000 * max(single):.0f} ms) is DDP's own "
+                    "bookkeeping plus the noise between two steps.")
+    if any(r["efficiency"] is not None and r["efficiency"] > 1.05 for r in ok):
+        text.append("An efficiency above 100% does not come from splitting the same work: the "
+                    "1-process baseline was slowed by something else, such as other programs "
+                    "on the machine (a process whose threads fill every core waits at each "
+                    "parallel step for whichever thread they delayed), or noise.")
+    return " ".join(text)
+
+
+def _explain_hardware(result, ok):
+    """What this hardware can show: separate GPUs add compute, processes on shared cores do not."""
+    n = max(r["world_size"] for r in ok)
+    common = [b for b in result["batch_sizes"]
+              if {1, n} <= {r["world_size"] for r in ok if r["batch_per_rank"] == b}]
+    if n == 1 or not common:
+        return ""
+    b = common[-1]
+    one, many = (next(r for r in ok if r["world_size"] == size and r["batch_per_rank"] == b)
+                 for size in (1, n))
+    change = (f"at batch {b} per process one step's computation took "
+              f"{1000 * one['computation_time']:.0f} ms with 1 process and "
+              f"{1000 * many['computation_time']:.0f} ms with {n}")
+    if result["study_device"] != "cpu":
+        return (f"Each process has its own GPU: {change}, so what keeps the speed-up from {n} "
+                "is the communication and the slowest rank.")
+    threads = ", ".join(f"{r['world_size']} × {r['threads_per_rank']}"
+                        for r in ok if r["batch_per_rank"] == b)
+    return (f"On the CPU the processes share this machine's {result['usable_cores']} cores "
+            f"(processes × torch threads each: {threads}), so adding processes adds no "
+            f"arithmetic: {change}. CPU 'scaling' here shows the cost of the all-reduce and of "
+            "splitting the cores, not more compute; data parallelism pays when each process "
+            "brings its own GPU or machine.")
+
+
+def _explain_launch(ok):
+    """How long joining the world took, next to the whole torchrun."""
+    init = max(r["init_time"] for r in ok)
+    shortest = min(r["wall_time"] for r in ok)
+    return (f"Each run is a fresh torchrun: joining the process group took at most "
+            f"{init:.2f} s, while the shortest run took {shortest:.0f} s from launch to results "
+            "(starting Python and importing torch in every process comes first).")

@@ -7,6 +7,7 @@ and whether it loads back to the same outputs, the largest difference from eager
 at each batch size the latency (median, p90, p99 of single calls, each timed with the device
 synchronised at both ends) and images/s, in eval mode under torch.inference_mode(). It also
 shows what TorchScript and torch.export make of one BasicBlock, and how a trace goes wrong.
+`render_infer(result)`, at the end, prints the tables and what the numbers say.
 """
 
 import contextlib
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from render import markdown_table, one_line, plural
 from resnet import ResNet18
 from timing import Timer, synchronize
 
@@ -317,13 +319,6 @@ def percentile(values, q):
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def one_line(error, with_type=True):
-    """An exception (or warning) as one line: its type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    message = lines[0] if lines else ""
-    return f"{type(error).__name__}: {message}" if with_type else message
-
-
 # ----------------------------------------------------------------------------------------
 # Looking at what the converters make
 
@@ -373,3 +368,185 @@ def trace_versus_script():
         "traced_code": traced.code, "scripted_code": scripted.code,
         "export": export_outcome,
     }
+
+
+# ----------------------------------------------------------------------------------------
+# Printing the results, from the result alone (REPORT.md rebuilds from the file)
+
+
+def render_infer(result):
+    """The inference results as Markdown: the tables, then what the numbers say."""
+    parts = [render_infer_setup(result), render_infer_conversions(result)]
+    parts += [render_infer_latency(result, index) for index in range(len(result["batch_sizes"]))]
+    parts += [render_infer_findings(result), render_infer_block(result["block"]),
+              render_infer_trace_versus_script(result["trace_versus_script"]),
+              render_infer_deprecation(result)]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def render_infer_setup(result):
+    weights = result["checkpoint"] or f"fresh, seed {result['seed']} (untrained)"
+    repeats = result["repeats"]
+    return (
+        f"{len(result['ways'])} ways on {result['inference_device']}: ResNet-18 "
+        f"{'with' if result['batch_norm'] else 'without'} BatchNorm, weights: "
+        f"{weights}; torch {result['torch_version']}, {result['threads']} CPU threads. "
+        f"Inputs are seeded random images. Each latency is one call, device synchronised "
+        f"before and after: the first call at a batch size, then {repeats['warmup']} more "
+        f"untimed, then at least {repeats['min_runs']} timed calls over at least "
+        f"{repeats['budget_s']} s (at most {repeats['max_runs']}). Outputs match eager when "
+        f"they differ by at most {result['tolerance']:g} of eager's largest output. "
+        f"Whole run: {result.get('total_s', 0):.0f} s."
+    )
+
+
+def render_infer_conversions(result):
+    rows = []
+    for name, way in result["ways"].items():
+        size = "-" if way["file_bytes"] is None else f"{way['file_bytes'] / 1e6:.1f}"
+        if way["error"]:
+            reload = "-"
+        elif way["no_file"]:
+            reload = way["no_file"]
+        else:
+            reload = (f"{'same' if way['reload_matches'] else 'DIFFERENT'} "
+                      f"(max diff {way['reload_max_diff']:.1e})")
+        convert = "-" if way["convert_s"] is None else f"{way['convert_s']:.2f}"
+        rows.append([name, convert, size, reload, way["error"] or ""])
+    return "### Conversion and saved file\n\n" + markdown_table(
+        ["way", "conversion (s)", "file (MB)", "saved -> loaded outputs", "error"], rows,
+        align="lrrll")
+
+
+def render_infer_latency(result, index):
+    batch_size = result["batch_sizes"][index]
+    rows = [(name, way["batches"][index]) for name, way in result["ways"].items()
+            if len(way["batches"]) > index]
+    eager = dict(rows).get("eager")
+    table = []
+    for name, row in rows:
+        speedup = "-" if eager is None else f"{eager['median_ms'] / row['median_ms']:.2f}x"
+        table.append([name, f"{row['first_call_ms']:.1f}", f"{row['median_ms']:.2f}",
+                      f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
+                      f"{row['images_per_s']:,.0f}", speedup, row["runs"],
+                      f"{row['max_abs_diff']:.1e}" + ("" if row["matches_eager"] else " (!)")])
+    return f"### Batch size {batch_size}\n\n" + markdown_table(
+        ["way", "first call (ms)", "median (ms)", "p90 (ms)", "p99 (ms)", "images/s",
+         "vs eager", "timed calls", "max diff vs eager"], table)
+
+
+def render_infer_findings(result):
+    """What the tables say, worked out from them."""
+    ways = {name: way for name, way in result["ways"].items() if way["batches"]}
+    lines = []
+    for index, batch_size in enumerate(result["batch_sizes"]):
+        rows = {name: way["batches"][index] for name, way in ways.items()
+                if len(way["batches"]) > index}
+        if not rows:
+            continue
+        fastest = min(rows, key=lambda name: rows[name]["median_ms"])
+        slowest = max(rows, key=lambda name: rows[name]["median_ms"])
+        ratio = rows[slowest]["median_ms"] / rows[fastest]["median_ms"]
+        lines.append(f"- Batch {batch_size}: {fastest} is fastest "
+                     f"({rows[fastest]['median_ms']:.2f} ms), {slowest} slowest "
+                     f"({rows[slowest]['median_ms']:.2f} ms, {ratio:.2f}x as long).")
+        lines += _payback(rows, ways, batch_size)
+        lines += _first_calls(rows, batch_size)
+    lines += _agreement(result, ways)
+    lines += [f"- {name} failed: {way['error']}" for name, way in result["ways"].items()
+              if way["error"]]
+    spread = [f"{name} at batch {row['batch_size']}" for name, way in ways.items()
+              for row in way["batches"] if row["p90_ms"] > 1.5 * row["median_ms"]]
+    if spread:
+        lines.append(f"- p90 over 1.5x the median, calls that vary a lot (another load on the "
+                     f"machine?): {', '.join(spread)}.")
+    fewest = min((row["runs"] for way in ways.values() for row in way["batches"]), default=0)
+    if 0 < fewest < 100:
+        lines.append(f"- With as few as {fewest} timed calls, p99 is close to the slowest call, "
+                     "not a true 99th percentile.")
+    return "### What the numbers say\n\n" + "\n".join(lines)
+
+
+def _payback(rows, ways, batch_size):
+    """After how many calls a way faster than eager has won back its conversion time."""
+    eager = rows.get("eager")
+    paid = []
+    for name, row in rows.items():
+        convert_s = ways[name]["convert_s"] or 0.0
+        saved_ms = eager["median_ms"] - row["median_ms"] if eager else 0.0
+        if name != "eager" and convert_s > 0 and saved_ms > 0:
+            calls = math.ceil(1000 * convert_s / saved_ms)
+            paid.append(f"{name} after {plural(calls, 'call')} ({saved_ms:.2f} ms saved a call, "
+                        f"{convert_s:.1f} s to convert)")
+    if not paid:
+        return []
+    return [f"  - Faster than eager at batch {batch_size}, so the conversion pays for itself: "
+            + "; ".join(paid) + "."]
+
+
+def _first_calls(rows, batch_size):
+    """Ways whose first call at this batch size was far slower than the rest (compiling)."""
+    slow = [f"{name} {row['first_call_ms'] / 1000:.1f} s" for name, row in rows.items()
+            if row["first_call_ms"] > 10 * row["median_ms"] and row["first_call_ms"] > 100]
+    if not slow:
+        return []
+    return [f"  - First call at batch {batch_size} over 10x the median (compiling or "
+            f"optimising for this shape): {', '.join(slow)}."]
+
+
+def _agreement(result, ways):
+    differences = [(row["max_abs_diff"], name, row["batch_size"])
+                   for name, way in ways.items() for row in way["batches"]]
+    wrong = sorted({name for name, way in ways.items()
+                    for row in way["batches"] if not row["matches_eager"]})
+    if not differences:
+        return []
+    largest, name, batch_size = max(differences)
+    scale = max(result["eager_output_scale"])
+    verdict = (f"- Outputs of {', '.join(wrong)} differ from eager's beyond the tolerance."
+               if wrong else "- Every way's outputs match eager's within the tolerance.")
+    return [f"{verdict} The largest difference is {largest:.1e} ({name}, batch "
+            f"{batch_size}); eager's outputs reach {scale:.2f}."]
+
+
+def render_infer_block(block):
+    return (
+        f"### One BasicBlock ({block['name']}) as the converters see it\n\n"
+        f"torch.jit.script, the code it compiled:\n\n```python\n{block['script_code'].strip()}"
+        f"\n```\n\nand its TorchScript graph (submodules stay calls):\n\n```text\n"
+        f"{block['script_graph'].strip()}\n```\n\ntorch.export, one flat graph of ATen "
+        f"operations (parameters and buffers become inputs):\n\n```python\n"
+        f"{block['export_code'].strip()}\n```"
+    )
+
+
+def render_infer_trace_versus_script(demo):
+    rows = [["eager", demo["eager"]], ["torch.jit.trace", demo["traced"]],
+            ["torch.jit.script", demo["scripted"]]]
+    traced_wrong = demo["traced"] != demo["eager"]
+    scripted_right = demo["scripted"] == demo["eager"]
+    verdict = (f"The trace {'gives a different answer' if traced_wrong else 'agrees'}; the "
+               f"script {'agrees' if scripted_right else 'gives a different answer'}.")
+    warning = "; ".join(demo["tracer_warning"]) or "none"
+    exported = ("torch.export takes the same module without complaint."
+                if demo["export"] == "exported"
+                else "torch.export refuses the module rather than pick a branch: "
+                + demo["export"])
+    return (
+        "### Trace versus script: control flow that depends on the data\n\n"
+        "`SignFlip` returns `x * 2` if `x.sum() > 0`, else `-x`. Traced on "
+        f"{demo['traced_on']}, then run on {demo['input']}:\n\n"
+        + markdown_table(["run by", "output"], rows, align="ll")
+        + f"\n\n{verdict} The trace recorded only the operations that ran, so the `if` is "
+        f"gone from its code:\n\n```python\n{demo['traced_code'].strip()}\n```\n\n"
+        f"while the script kept it:\n\n```python\n{demo['scripted_code'].strip()}\n```\n\n"
+        f"The tracer's only warning: {warning}\n\n{exported}"
+    )
+
+
+def render_infer_deprecation(result):
+    seen = sorted({warning for way in result["ways"].values() for warning in way["warnings"]
+                   if "deprecat" in warning})
+    lines = [f"- {warning}" for warning in seen]
+    caught = "\n\nDeprecation warnings this run caught:\n\n" + "\n".join(lines) if lines else ""
+    return "### TorchScript is deprecated\n\n" + result["deprecation"] + caught

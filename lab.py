@@ -6,8 +6,9 @@
     python lab.py --help                  # every exercise and option
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
-and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The printing is in
-render.py, the results files and REPORT.md in report.py, the command line in cli.py.
+and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The lab's printing is
+in render.py (bench, c8, infer and ddp print from their own modules), the results files and
+REPORT.md in report.py, the command line in cli.py.
 """
 
 import signal
@@ -29,14 +30,15 @@ import torch
 import torch.nn as nn
 
 import cli
+import ddp
+import infer
 import render
 import report
+import speed
 from data import datasets_for, make_loader
-from ddp import ddp_study
-from infer import infer
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
-from speed import bench, c8_compile, profiling
+from timing import profiling
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
 
@@ -100,7 +102,7 @@ def training_run(cfg, save=None, label="", trace_name=None):
     """fit() on cfg's data, save(run) after every epoch; {"model", "epochs", "summary"}.
 
     With cfg.profile and a trace_name, the first steps are recorded into
-    <out>/<trace_name>.trace.json and the run gets a "profile" summary (speed.Profile).
+    <out>/<trace_name>.trace.json and the run gets a "profile" summary (timing.Profile).
     """
     train_set, test_set, _ = datasets_for(cfg)
     profiled = cfg.profile and trace_name
@@ -602,15 +604,15 @@ EXERCISES = {
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
                         render.render_summary, uses_data=False, saves_progress=False),
     # Beyond the lab: they pick their own slices and record the data set they used.
-    "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render.render_c8,
-                   uses_data=False, in_lab=False),
-    "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render.render_bench, uses_data=False, in_lab=False),
-    "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
-                      render.render_infer, uses_data=False, in_lab=False,
+    "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
+                   speed.render_c8, uses_data=False, in_lab=False),
+    "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
+                      speed.render_bench, uses_data=False, in_lab=False),
+    "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
+                      infer.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes"),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
-                    ddp_study, render.render_ddp, uses_data=False, in_lab=False,
+                    ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
                     batch_sizes="ddp_batch_sizes"),
 }
 

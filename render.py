@@ -1,16 +1,16 @@
-"""Printing: every table, chart and explanation the lab shows, built from a result alone.
+"""Printing: the lab's tables, charts and explanations (C1-C7, Q1-Q4, the model summary, the
+profile), each built from a result alone, and the formatters and layouts every module shares.
 
     python lab.py c2 --quick     # prints render_c2(result); REPORT.md pastes the same Markdown
 
 Each `render_<exercise>(result)` takes the JSON-ready dict an exercise returned (or read back
 from its results file) and returns Markdown that also reads as plain text. The explanations
-are derived from the measured numbers: none of them knows in advance which row wins.
+are derived from the measured numbers: none of them knows in advance which row wins. The
+exercises beyond the lab print from their own modules (speed.py, infer.py, ddp.py), and this
+file imports none of the project, so any module can use its formatters.
 """
 
-import math
 import sys
-
-from data import CIFAR10_TRAIN_IMAGES
 
 
 # ----------------------------------------------------------------------------------------
@@ -36,6 +36,14 @@ def loss(value):
 def plural(count, noun):
     """The count and the noun, plural unless the count is 1: "1 worker", "2 workers"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def one_line(error, with_type=True, max_chars=None):
+    """An exception (or warning) as one line: its type and the first line of its message, cut
+    to `max_chars` when given."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    return (f"{type(error).__name__}: {message}" if with_type else message)[:max_chars]
 
 
 def notice(text, stream=None):
@@ -377,30 +385,6 @@ def render_c7(result):
     return text
 
 
-def render_summary(result):
-    return "```\n" + format_summary(result) + "\n```"
-
-
-def describe_run(header, names_settings=False):
-    """One line naming the data, the device and the torch version of a run, and with
-    `names_settings` (an exercise that trains one configuration) its batch, workers, ..."""
-    cfg, info = header["config"], header["dataset"]
-    parts = []
-    if info is not None:
-        parts.append(f"data: {info['name']} ({info['train_images']} training, "
-                     f"{info['test_images']} test images; {info['note']})")
-    parts.append(f"device: {header['device']['name']}")
-    parts.append(f"torch {header['torch_version']}")
-    if header.get("distributed"):
-        parts.append(describe_world(header["distributed"]))
-    if names_settings:
-        loading = ("the device loader" if cfg["loader"] == "device"
-                   else plural(cfg["num_workers"], "worker"))
-        parts.append(f"batch {cfg['batch_size']}, {loading}, {cfg['optimizer']} lr {cfg['lr']}, "
-                     f"{plural(cfg['epochs'], 'epoch')}")
-    return " · ".join(parts)
-
-
 # ----------------------------------------------------------------------------------------
 # The model summary and Q1-Q4
 
@@ -430,6 +414,10 @@ def format_summary(summary, with_rows=True):
               f"Estimated Total Size (MB): {summary['total_size_mb']:0.2f}",
               "-" * 64]
     return "\n".join(lines)
+
+
+def render_summary(result):
+    return "```\n" + format_summary(result) + "\n```"
 
 
 def variant(result):
@@ -540,7 +528,7 @@ def render_q4(result):
 
 
 # ----------------------------------------------------------------------------------------
-# Beyond the lab: the profile, the bench and C8
+# The profile (--profile)
 
 
 def render_profile(summary):
@@ -567,481 +555,3 @@ def render_profile(summary):
         "with workers, their own work is not recorded) or the training step (copy, forward, "
         "loss, backward, optimizer step). Self time excludes the operators it calls; the "
         "profiler itself slows the steps it records.")
-
-
-def render_bench(result):
-    step, pipeline = result["step"], result.get("pipeline")
-    rows = []
-    for row in step["rows"]:
-        name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
-        if row["error"] is not None:
-            rows.append([name, "failed", "-", "-"])
-            continue
-        rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
-                     f"{row['warmup_time']:.2f}"])
-    sizes = result["sizes"]
-    text = [
-        f"Training step, batch {step['batch_size']}, the batch already on the device:",
-        "",
-        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
-        "",
-        f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
-        f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
-        "compilation for the compile rows, timed with the compiler's caches off as on a first "
-        "run; the compiler's own start-up, once per process, took "
-        f"{step['compiler_startup_time']:.1f} s more.",
-    ]
-    text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
-    if pipeline is not None:
-        rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
-                for row in pipeline["rows"]]
-        setup = pipeline["rows"][-1]["setup_time"]
-        text += [
-            "",
-            f"Data pipeline, batch {pipeline['batch_size']}, whole passes over "
-            f"{pipeline['images']:,} training images, each batch delivered on the device:",
-            "",
-            markdown_table(["loader", "images/s", f"vs {pipeline['reference']}"], rows),
-            "",
-            f"Median of {sizes['pipeline_repeats']} passes each, taken in turns; DataLoader "
-            "passes include starting their workers, as every epoch in C2 does. The device "
-            f"loader's one-off upload of the images took {setup:.2f} s. The device loader "
-            "changes where the data comes from, not the step, so it has no row above.",
-        ]
-    return "\n".join(text)
-
-
-def render_c8(result):
-    analysis = result.get("analysis", [])
-    rows = []
-    for row, run in zip(analysis, result["runs"]):
-        if run["error"] is not None:
-            rows.append([row["mode"], "failed", "-", "-", "-", "-"])
-            continue
-        rows.append([row["mode"], seconds(row["first_epoch"]), seconds(row["later_epochs"]),
-                     seconds(row["compile_cost"]),
-                     "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
-                     "-" if row["payback_epochs"] is None else f"{row['payback_epochs']:.1f}"])
-    text = [f"{result['train_images']:,} training images, batch {result['batch_size']}, "
-            f"{result['epochs']} epochs per mode."]
-    if result["note"]:
-        text.append(result["note"])
-    text += ["", markdown_table(["mode", "first epoch (s)", "later epochs, mean (s)",
-                                 "compilation (s)", "later vs eager", "pays back after (epochs)"],
-                                rows),
-             "", explain_compile(result)]
-    text += [f"\n{run['mode']} failed: {run['error']}" for run in result["runs"] if run["error"]]
-    return "\n".join(text)
-
-
-def recompile_costs(analysis):
-    """What the last batch's step cost in the first epoch beyond later epochs, per mode."""
-    costs = [f"{mode} {row['last_step_extra']:.1f} s" for mode, row in analysis.items()
-             if mode != "eager" and row.get("last_step_extra") is not None]
-    if not costs:
-        return ""
-    return ("Compiling that second graph made the first epoch's last step slower than in later "
-            "epochs by: " + ", ".join(costs) + ".")
-
-
-def explain_compile(result):
-    """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
-    analysis = {row["mode"]: row for row in result.get("analysis", [])}
-    eager = analysis.get("eager")
-    if eager is None or eager["later_epochs"] is None:
-        return "With one epoch there is no later epoch to compare with: use --epochs 2 or more."
-    warmup = eager["first_epoch"] - eager["later_epochs"]
-    if warmup > 0:
-        eager_line = (f"Eager's own first epoch was {warmup:.2f} s slower than its later ones "
-                      "(allocating memory, choosing kernels); the compilation column subtracts "
-                      "that.")
-    else:
-        eager_line = (f"Eager's own first epoch was no slower than its later ones "
-                      f"({eager['first_epoch']:.2f} s against {eager['later_epochs']:.2f} s: "
-                      "the difference is noise).")
-    lines = [
-        "Why the first epoch is slow: on its first step torch.compile traces the model into a "
-        "graph (Dynamo), derives the backward graph (AOTAutograd), fuses operators and "
-        "generates kernels (Inductor: C++ on a CPU, Triton on a GPU), then compiles them. That "
-        "is done once per process and input shape; later steps run the compiled code. "
-        f"{eager_line} The compiler's start-up, once per process, took "
-        f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
-    last_batch = result["train_images"] % result["batch_size"]
-    if last_batch:
-        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape. The "
-                     "model is compiled with static shapes (dynamic=False), so that batch gets "
-                     "a graph of its own, compiled in the first epoch, and full batches keep "
-                     "theirs; with dynamic shapes, every later batch would run one slower "
-                     "graph. " + recompile_costs(analysis))
-    for mode, row in analysis.items():
-        if mode == "eager" or row["compile_cost"] is None:
-            continue
-        line = (f"- {mode}: the first epoch took {row['first_epoch']:.1f} s, about "
-                f"{row['compile_cost']:.1f} s of it compilation; later epochs "
-                f"{row['later_epochs']:.2f} s against eager's {eager['later_epochs']:.2f} s")
-        if row["payback_epochs"] is None:
-            line += ", no faster, so compiling does not pay back at this size on this device."
-        else:
-            full = row["payback_images"] / CIFAR10_TRAIN_IMAGES
-            line += (f", {row['saving']:.2f} s saved per epoch: it pays back after "
-                     f"{row['payback_epochs']:.1f} epochs of this size, "
-                     f"{row['payback_images']:,.0f} images ({full:.2f} of a full CIFAR-10 "
-                     "epoch).")
-        lines.append(line)
-    if "reduce-overhead" in analysis:
-        lines.append("reduce-overhead adds CUDA graphs, which replay a whole step's kernels in "
-                     "one launch; on a CPU there are no CUDA graphs, and it compiles like "
-                     "default. max-autotune also benchmarks alternative kernels while it "
-                     "compiles: a longer compilation for a step that may be faster.")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------
-# Beyond the lab: inference outside eager mode (infer)
-
-
-def render_infer(result):
-    """The inference results as Markdown: the tables, then what the numbers say."""
-    parts = [render_infer_setup(result), render_infer_conversions(result)]
-    parts += [render_infer_latency(result, index) for index in range(len(result["batch_sizes"]))]
-    parts += [render_infer_findings(result), render_infer_block(result["block"]),
-              render_infer_trace_versus_script(result["trace_versus_script"]),
-              render_infer_deprecation(result)]
-    return "\n\n".join(part for part in parts if part) + "\n"
-
-
-def render_infer_setup(result):
-    weights = result["checkpoint"] or f"fresh, seed {result['seed']} (untrained)"
-    repeats = result["repeats"]
-    return (
-        f"{len(result['ways'])} ways on {result['inference_device']}: ResNet-18 "
-        f"{'with' if result['batch_norm'] else 'without'} BatchNorm, weights: "
-        f"{weights}; torch {result['torch_version']}, {result['threads']} CPU threads. "
-        f"Inputs are seeded random images. Each latency is one call, device synchronised "
-        f"before and after: the first call at a batch size, then {repeats['warmup']} more "
-        f"untimed, then at least {repeats['min_runs']} timed calls over at least "
-        f"{repeats['budget_s']} s (at most {repeats['max_runs']}). Outputs match eager when "
-        f"they differ by at most {result['tolerance']:g} of eager's largest output. "
-        f"Whole run: {result.get('total_s', 0):.0f} s."
-    )
-
-
-def render_infer_conversions(result):
-    rows = []
-    for name, way in result["ways"].items():
-        size = "-" if way["file_bytes"] is None else f"{way['file_bytes'] / 1e6:.1f}"
-        if way["error"]:
-            reload = "-"
-        elif way["no_file"]:
-            reload = way["no_file"]
-        else:
-            reload = (f"{'same' if way['reload_matches'] else 'DIFFERENT'} "
-                      f"(max diff {way['reload_max_diff']:.1e})")
-        convert = "-" if way["convert_s"] is None else f"{way['convert_s']:.2f}"
-        rows.append([name, convert, size, reload, way["error"] or ""])
-    return "### Conversion and saved file\n\n" + markdown_table(
-        ["way", "conversion (s)", "file (MB)", "saved -> loaded outputs", "error"], rows,
-        align="lrrll")
-
-
-def render_infer_latency(result, index):
-    batch_size = result["batch_sizes"][index]
-    rows = [(name, way["batches"][index]) for name, way in result["ways"].items()
-            if len(way["batches"]) > index]
-    eager = dict(rows).get("eager")
-    table = []
-    for name, row in rows:
-        speedup = "-" if eager is None else f"{eager['median_ms'] / row['median_ms']:.2f}x"
-        table.append([name, f"{row['first_call_ms']:.1f}", f"{row['median_ms']:.2f}",
-                      f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
-                      f"{row['images_per_s']:,.0f}", speedup, row["runs"],
-                      f"{row['max_abs_diff']:.1e}" + ("" if row["matches_eager"] else " (!)")])
-    return f"### Batch size {batch_size}\n\n" + markdown_table(
-        ["way", "first call (ms)", "median (ms)", "p90 (ms)", "p99 (ms)", "images/s",
-         "vs eager", "timed calls", "max diff vs eager"], table)
-
-
-def render_infer_findings(result):
-    """What the tables say, worked out from them."""
-    ways = {name: way for name, way in result["ways"].items() if way["batches"]}
-    lines = []
-    for index, batch_size in enumerate(result["batch_sizes"]):
-        rows = {name: way["batches"][index] for name, way in ways.items()
-                if len(way["batches"]) > index}
-        if not rows:
-            continue
-        fastest = min(rows, key=lambda name: rows[name]["median_ms"])
-        slowest = max(rows, key=lambda name: rows[name]["median_ms"])
-        ratio = rows[slowest]["median_ms"] / rows[fastest]["median_ms"]
-        lines.append(f"- Batch {batch_size}: {fastest} is fastest "
-                     f"({rows[fastest]['median_ms']:.2f} ms), {slowest} slowest "
-                     f"({rows[slowest]['median_ms']:.2f} ms, {ratio:.2f}x as long).")
-        lines += _payback(rows, ways, batch_size)
-        lines += _first_calls(rows, batch_size)
-    lines += _agreement(result, ways)
-    lines += [f"- {name} failed: {way['error']}" for name, way in result["ways"].items()
-              if way["error"]]
-    spread = [f"{name} at batch {row['batch_size']}" for name, way in ways.items()
-              for row in way["batches"] if row["p90_ms"] > 1.5 * row["median_ms"]]
-    if spread:
-        lines.append(f"- p90 over 1.5x the median, calls that vary a lot (another load on the "
-                     f"machine?): {', '.join(spread)}.")
-    fewest = min((row["runs"] for way in ways.values() for row in way["batches"]), default=0)
-    if 0 < fewest < 100:
-        lines.append(f"- With as few as {fewest} timed calls, p99 is close to the slowest call, "
-                     "not a true 99th percentile.")
-    return "### What the numbers say\n\n" + "\n".join(lines)
-
-
-def _payback(rows, ways, batch_size):
-    """After how many calls a way faster than eager has won back its conversion time."""
-    eager = rows.get("eager")
-    paid = []
-    for name, row in rows.items():
-        convert_s = ways[name]["convert_s"] or 0.0
-        saved_ms = eager["median_ms"] - row["median_ms"] if eager else 0.0
-        if name != "eager" and convert_s > 0 and saved_ms > 0:
-            calls = math.ceil(1000 * convert_s / saved_ms)
-            paid.append(f"{name} after {plural(calls, 'call')} ({saved_ms:.2f} ms saved a call, "
-                        f"{convert_s:.1f} s to convert)")
-    if not paid:
-        return []
-    return [f"  - Faster than eager at batch {batch_size}, so the conversion pays for itself: "
-            + "; ".join(paid) + "."]
-
-
-def _first_calls(rows, batch_size):
-    """Ways whose first call at this batch size was far slower than the rest (compiling)."""
-    slow = [f"{name} {row['first_call_ms'] / 1000:.1f} s" for name, row in rows.items()
-            if row["first_call_ms"] > 10 * row["median_ms"] and row["first_call_ms"] > 100]
-    if not slow:
-        return []
-    return [f"  - First call at batch {batch_size} over 10x the median (compiling or "
-            f"optimising for this shape): {', '.join(slow)}."]
-
-
-def _agreement(result, ways):
-    differences = [(row["max_abs_diff"], name, row["batch_size"])
-                   for name, way in ways.items() for row in way["batches"]]
-    wrong = sorted({name for name, way in ways.items()
-                    for row in way["batches"] if not row["matches_eager"]})
-    if not differences:
-        return []
-    largest, name, batch_size = max(differences)
-    scale = max(result["eager_output_scale"])
-    verdict = (f"- Outputs of {', '.join(wrong)} differ from eager's beyond the tolerance."
-               if wrong else "- Every way's outputs match eager's within the tolerance.")
-    return [f"{verdict} The largest difference is {largest:.1e} ({name}, batch "
-            f"{batch_size}); eager's outputs reach {scale:.2f}."]
-
-
-def render_infer_block(block):
-    return (
-        f"### One BasicBlock ({block['name']}) as the converters see it\n\n"
-        f"torch.jit.script, the code it compiled:\n\n```python\n{block['script_code'].strip()}"
-        f"\n```\n\nand its TorchScript graph (submodules stay calls):\n\n```text\n"
-        f"{block['script_graph'].strip()}\n```\n\ntorch.export, one flat graph of ATen "
-        f"operations (parameters and buffers become inputs):\n\n```python\n"
-        f"{block['export_code'].strip()}\n```"
-    )
-
-
-def render_infer_trace_versus_script(demo):
-    rows = [["eager", demo["eager"]], ["torch.jit.trace", demo["traced"]],
-            ["torch.jit.script", demo["scripted"]]]
-    traced_wrong = demo["traced"] != demo["eager"]
-    scripted_right = demo["scripted"] == demo["eager"]
-    verdict = (f"The trace {'gives a different answer' if traced_wrong else 'agrees'}; the "
-               f"script {'agrees' if scripted_right else 'gives a different answer'}.")
-    warning = "; ".join(demo["tracer_warning"]) or "none"
-    exported = ("torch.export takes the same module without complaint."
-                if demo["export"] == "exported"
-                else "torch.export refuses the module rather than pick a branch: "
-                + demo["export"])
-    return (
-        "### Trace versus script: control flow that depends on the data\n\n"
-        "`SignFlip` returns `x * 2` if `x.sum() > 0`, else `-x`. Traced on "
-        f"{demo['traced_on']}, then run on {demo['input']}:\n\n"
-        + markdown_table(["run by", "output"], rows, align="ll")
-        + f"\n\n{verdict} The trace recorded only the operations that ran, so the `if` is "
-        f"gone from its code:\n\n```python\n{demo['traced_code'].strip()}\n```\n\n"
-        f"while the script kept it:\n\n```python\n{demo['scripted_code'].strip()}\n```\n\n"
-        f"The tracer's only warning: {warning}\n\n{exported}"
-    )
-
-
-def render_infer_deprecation(result):
-    seen = sorted({warning for way in result["ways"].values() for warning in way["warnings"]
-                   if "deprecat" in warning})
-    lines = [f"- {warning}" for warning in seen]
-    caught = "\n\nDeprecation warnings this run caught:\n\n" + "\n".join(lines) if lines else ""
-    return "### TorchScript is deprecated\n\n" + result["deprecation"] + caught
-
-
-# ----------------------------------------------------------------------------------------
-# Beyond the lab: data-parallel training and the scaling study (ddp)
-
-
-def describe_world(facts):
-    """One header line: "2 processes × batch 128 = global batch 256, gloo, 1 thread each; ..."."""
-    n = facts["world_size"]
-    text = (f"{n} process{'' if n == 1 else 'es'} × batch {facts['batch_per_rank']} = "
-            f"global batch {facts['global_batch']}, {facts['backend']}")
-    threads = facts["threads_per_rank"]
-    if threads is not None:
-        text += f", {threads} thread{'' if threads == 1 else 's'} each"
-    if facts["sync_bn"]:
-        text += ", SyncBatchNorm"
-    scaled = "scaled" if facts["lr_scaled"] else "not scaled"
-    return text + f"; the learning rate is {scaled}"
-
-
-def _hundred(fraction):
-    return None if fraction is None else 100 * fraction
-
-
-def render_ddp(result):
-    """The study as Markdown: the table, the all-reduce figures, and what they show."""
-    runs = result["runs"]
-    ok = [r for r in runs if r["ok"]]
-    rows = [[r["world_size"], r["batch_per_rank"], r["global_batch"],
-             f"{r['images_per_second']:.1f}", ratio(r["speedup"]),
-             percent(_hundred(r["efficiency"])),
-             f"{1000 * r['computation_time']:.1f}", f"{1000 * r['communication_time']:.1f}",
-             percent(_hundred(r["communication_share"]))] for r in ok]
-    text = markdown_table(["processes", "batch per process", "global batch", "images/s",
-                           "speed-up", "efficiency", "computation (ms)",
-                           "communication (ms)", "communication share"], rows, align="r" * 9)
-    text += "".join(f"\n- {r['world_size']} × batch {r['batch_per_rank']}: failed: "
-                    f"{r['reason']}" for r in runs if not r["ok"])
-    text += (f"\n\n{result['study_device']}, {result['steps']} timed step(s) of each kind after "
-             f"{result['warmup']} warm-up step(s); speed-up against 1 process at the same "
-             "batch per process; computation is the step under no_sync() (no all-reduce), "
-             "communication what the full step takes beyond it.\n")
-    for line in _all_reduce_lines(ok):
-        text += f"\n{line}"
-    if ok:
-        text += "\n\n" + " ".join(filter(None, [
-            _explain_dominance(ok), _explain_batch(ok), _explain_overlap(ok),
-            _explain_hardware(result, ok), _explain_launch(ok)]))
-    return text + "\n"
-
-
-def _all_reduce_lines(ok):
-    """One line per world size: the standalone all-reduce of a gradient's worth of float32."""
-    lines = []
-    for n in sorted({r["world_size"] for r in ok if r["all_reduce"]}):
-        figures = next(r["all_reduce"] for r in ok if r["world_size"] == n and r["all_reduce"])
-        backend = next(r["backend"] for r in ok if r["world_size"] == n)
-        lines.append(f"all_reduce of {figures['bytes'] / 1e6:.1f} MB ({figures['floats']:,} "
-                     f"float32, the gradient) across {n} processes, {backend}: "
-                     f"{1000 * figures['seconds']:.1f} ms, algorithm bandwidth "
-                     f"{figures['algorithm_bandwidth'] / 1e9:.2f} GB/s, bus bandwidth "
-                     f"{figures['bus_bandwidth'] / 1e9:.2f} GB/s (2(n-1)/n × bytes / time, as "
-                     "nccl-tests defines it).")
-    return lines
-
-
-def _explain_dominance(ok):
-    """Where communication takes more than half of a step, if anywhere."""
-    shared = [r for r in ok if r["world_size"] > 1]
-    if not shared:
-        return "Only 1 process ran, so nothing was communicated."
-    dominated = [f"{r['world_size']} × {r['batch_per_rank']}" for r in shared
-                 if r["communication_share"] > 0.5]
-    top = max(shared, key=lambda r: r["communication_share"])
-    if dominated:
-        return (f"Communication takes more than half of the step at {', '.join(dominated)} "
-                "(processes × batch per process).")
-    return (f"Communication never takes half of a step here; its largest share is "
-            f"{percent(_hundred(top['communication_share']))}, at {top['world_size']} processes × "
-            f"batch {top['batch_per_rank']}.")
-
-
-def _explain_batch(ok):
-    """Why a larger batch per process hides the all-reduce, in this study's numbers."""
-    n = max(r["world_size"] for r in ok)
-    at_n = sorted((r for r in ok if r["world_size"] == n), key=lambda r: r["batch_per_rank"])
-    if n == 1 or len(at_n) < 2:
-        return ""
-    small, large = at_n[0], at_n[-1]
-    megabytes = next((r["all_reduce"]["bytes"] / 1e6 for r in at_n if r["all_reduce"]), None)
-    size = f"the same {megabytes:.1f} MB" if megabytes else "the same size"
-    text = (f"With {n} processes the computation grows with the batch, from "
-            f"{1000 * small['computation_time']:.0f} ms at {small['batch_per_rank']} images per "
-            f"process to {1000 * large['computation_time']:.0f} ms at "
-            f"{large['batch_per_rank']}, while the all-reduce moves {size} of gradients "
-            "whatever the batch")
-    shares = (f"{percent(_hundred(small['communication_share']))} to "
-              f"{percent(_hundred(large['communication_share']))}")
-    if large["communication_share"] < small["communication_share"]:
-        return text + f", so its share of the step falls from {shares}."
-    return text + (f"; yet its share did not fall here ({shares}): with few timed steps, and "
-                   "cores shared with anything else running, two steps can differ by more "
-                   "than the all-reduce itself.")
-
-
-def _explain_overlap(ok):
-    """Communication per step against the standalone all-reduce, and what the noise does."""
-    shared = [r for r in ok if r["all_reduce"]]
-    hidden = [r for r in shared if 0 <= r["communication_time"] < r["all_reduce"]["seconds"]]
-    longer = [r for r in shared if r["communication_time"] >= r["all_reduce"]["seconds"]]
-    text = []
-    if hidden:
-        text.append(f"In {len(hidden)} of the {len(shared)} runs with more than one process "
-                    "a step lost less than one standalone all-reduce: DDP all-reduces each "
-                    "bucket of gradients as soon as the backward pass has produced it, while "
-                    "the rest is still being computed.")
-    if longer:
-        text.append(f"In {len(longer)} of the {len(shared)} runs with more than one process "
-                    "a step lost more than one standalone all-reduce: the gradient goes in "
-                    "several buckets (up to 25 MB each), each its own all-reduce, and they run "
-                    "beside the backward pass, sharing its hardware.")
-    if any(r["communication_time"] < 0 for r in ok):
-        text.append("A negative communication time means the two kinds of step differed by "
-                    "less than the noise between steps: read it as zero.")
-    single = [r["communication_time"] for r in ok if r["world_size"] == 1]
-    if single:
-        text.append("With 1 process there is nothing to exchange, so its 'communication' "
-                    f"({1000 * min(single):.0f} to {1000 * max(single):.0f} ms) is DDP's own "
-                    "bookkeeping plus the noise between two steps.")
-    if any(r["efficiency"] is not None and r["efficiency"] > 1.05 for r in ok):
-        text.append("An efficiency above 100% does not come from splitting the same work: the "
-                    "1-process baseline was slowed by something else, such as other programs "
-                    "on the machine (a process whose threads fill every core waits at each "
-                    "parallel step for whichever thread they delayed), or noise.")
-    return " ".join(text)
-
-
-def _explain_hardware(result, ok):
-    """What this hardware can show: separate GPUs add compute, processes on shared cores do not."""
-    n = max(r["world_size"] for r in ok)
-    common = [b for b in result["batch_sizes"]
-              if {1, n} <= {r["world_size"] for r in ok if r["batch_per_rank"] == b}]
-    if n == 1 or not common:
-        return ""
-    b = common[-1]
-    one, many = (next(r for r in ok if r["world_size"] == size and r["batch_per_rank"] == b)
-                 for size in (1, n))
-    change = (f"at batch {b} per process one step's computation took "
-              f"{1000 * one['computation_time']:.0f} ms with 1 process and "
-              f"{1000 * many['computation_time']:.0f} ms with {n}")
-    if result["study_device"] != "cpu":
-        return (f"Each process has its own GPU: {change}, so what keeps the speed-up from {n} "
-                "is the communication and the slowest rank.")
-    threads = ", ".join(f"{r['world_size']} × {r['threads_per_rank']}"
-                        for r in ok if r["batch_per_rank"] == b)
-    return (f"On the CPU the processes share this machine's {result['usable_cores']} cores "
-            f"(processes × torch threads each: {threads}), so adding processes adds no "
-            f"arithmetic: {change}. CPU 'scaling' here shows the cost of the all-reduce and of "
-            "splitting the cores, not more compute; data parallelism pays when each process "
-            "brings its own GPU or machine.")
-
-
-def _explain_launch(ok):
-    """How long joining the world took, next to the whole torchrun."""
-    init = max(r["init_time"] for r in ok)
-    shortest = min(r["wall_time"] for r in ok)
-    return (f"Each run is a fresh torchrun: joining the process group took at most "
-            f"{init:.2f} s, while the shortest run took {shortest:.0f} s from launch to results "
-            "(starting Python and importing torch in every process comes first).")

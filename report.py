@@ -24,7 +24,7 @@ import torch
 from data import datasets_for
 from machine import cannot_write, cpu_model, device_name, gpu_device, usable_cores
 from parallel import current_world, world_facts
-from render import describe_run, markdown_table, notice
+from render import markdown_table, notice, plural
 
 try:
     import fcntl
@@ -91,6 +91,40 @@ def show(text, stream):
     except (OSError, ValueError) as error:
         raise OutputError(f"cannot print the results ({getattr(error, 'strerror', None) or error})"
                           "; every finished step is saved in the results folder") from None
+
+
+def describe_run(header, names_settings=False):
+    """One line naming the data, the device and the torch version of a run, and with
+    `names_settings` (an exercise that trains one configuration) its batch, workers, ..."""
+    cfg, info = header["config"], header["dataset"]
+    parts = []
+    if info is not None:
+        parts.append(f"data: {info['name']} ({info['train_images']} training, "
+                     f"{info['test_images']} test images; {info['note']})")
+    parts.append(f"device: {header['device']['name']}")
+    parts.append(f"torch {header['torch_version']}")
+    if header.get("distributed"):
+        parts.append(describe_world(header["distributed"]))
+    if names_settings:
+        loading = ("the device loader" if cfg["loader"] == "device"
+                   else plural(cfg["num_workers"], "worker"))
+        parts.append(f"batch {cfg['batch_size']}, {loading}, {cfg['optimizer']} lr {cfg['lr']}, "
+                     f"{plural(cfg['epochs'], 'epoch')}")
+    return " · ".join(parts)
+
+
+def describe_world(facts):
+    """One header line: "2 processes × batch 128 = global batch 256, gloo, 1 thread each; ..."."""
+    n = facts["world_size"]
+    text = (f"{n} process{'' if n == 1 else 'es'} × batch {facts['batch_per_rank']} = "
+            f"global batch {facts['global_batch']}, {facts['backend']}")
+    threads = facts["threads_per_rank"]
+    if threads is not None:
+        text += f", {threads} thread{'' if threads == 1 else 's'} each"
+    if facts["sync_bn"]:
+        text += ", SyncBatchNorm"
+    scaled = "scaled" if facts["lr_scaled"] else "not scaled"
+    return text + f"; the learning rate is {scaled}"
 
 
 def exercise_config(exercise, cfg):

@@ -1,39 +1,31 @@
-"""Beyond the lab: how fast it can go (`bench`), C8 (torch.compile), profiler traces, and what
-the timers themselves cost.
+"""Beyond the lab: how fast it can go (`bench`), C8 (torch.compile), and what the timers
+themselves cost.
 
     python lab.py bench          # the speed ladder: each option's images/s against the default
     python lab.py c8             # C8: eager against torch.compile's modes, epoch by epoch
-    python lab.py c2 --profile   # C2 with a torch.profiler trace of its first steps
     python speed.py overhead     # the same epoch trained with and without the lab's timers
 
 Every speed figure is a median over repeats taken in turns, so that a load that comes and goes
 on a shared machine hits every row alike, and is given as a ratio against a baseline measured
-in the same run.
+in the same run. `render_bench` and `render_c8` turn a result into its tables and what they say.
 """
 
-import os
 import statistics
 import sys
 import time
 import warnings
-from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity
 
-from data import DeviceLoader, SyntheticCIFAR, load_datasets, make_loader, test_transform
+from data import (CIFAR10_TRAIN_IMAGES, DeviceLoader, SyntheticCIFAR, load_datasets, make_loader,
+                  test_transform)
 from machine import usable_cores
-from render import plural
-from timing import CudaEventTimer, EpochTimer, NullTimer, Timer, synchronize
+from render import markdown_table, one_line, plural, seconds
+from timing import CudaEventTimer, EpochTimer, NullTimer, Timer
 from train import fit, make_optimizer, make_training, train_one_epoch, train_step
 from resnet import ResNet18
-
-PROFILED_STEPS = 10   # a whole epoch of CIFAR-10 would make a trace of gigabytes
-TOP_OPERATORS = 10
-PHASES = {"data_loading": "data loading", "training_step": "training step"}
 
 # How much `bench` measures. On a CPU a ResNet-18 step at batch 128 takes seconds, so there
 # each round times one step per row: the whole bench takes a few minutes on 2 cores. (A smaller
@@ -47,125 +39,7 @@ BENCH_SIZES = {
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 C8_CPU_TRAIN_SIZE = 256  # c8 on a CPU without --train-size: a slice that runs in minutes
-
-
-# ----------------------------------------------------------------------------------------
-# Profiling (--profile)
-
-
-class Profile:
-    """torch.profiler over the first `max_steps` training steps, saved as a Chrome trace.
-
-        with Profile("results/c2.trace.json", device) as profile:
-            fit(cfg, train_set, test_set, profiler=profile)  # fit calls profile.step()
-        profile.summary()     # JSON-ready: the costliest operators, data loading vs training
-
-    Recording stops after `max_steps` steps, so the trace stays small and the rest of the
-    run goes at full speed; the profiled steps themselves run slower than unprofiled ones.
-    The trace is written when the block ends. Each operator is put in the phase whose range
-    (`data_loading` or `training_step`) was open when it started; "other" is neither (the
-    loop's bookkeeping, evaluation). With DataLoader workers the decoding and augmenting run
-    in the worker processes, which are not profiled: data loading shows as the wait.
-    """
-
-    def __init__(self, trace_path, device="cpu", max_steps=PROFILED_STEPS):
-        self.trace_path = trace_path
-        self.device = torch.device(device)
-        self.max_steps = max_steps
-        self.steps = 0
-        self._profiler = None
-        self._recording = False
-        self._summary = None
-
-    def __enter__(self):
-        activities = [ProfilerActivity.CPU]
-        if self.device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        self._profiler = torch.profiler.profile(activities=activities)
-        self._profiler.start()
-        self._recording = True
-        return self
-
-    def step(self):
-        """Mark the end of a training step; stop recording after `max_steps` of them."""
-        if not self._recording:
-            return
-        self.steps += 1
-        if self.steps < self.max_steps:
-            self._profiler.step()
-        else:
-            self._stop()
-
-    def _stop(self):
-        synchronize(self.device)  # the last step's GPU kernels belong in the trace
-        self._profiler.stop()
-        self._recording = False
-
-    def __exit__(self, *exc):
-        if self._recording:
-            self._stop()
-        os.makedirs(os.path.dirname(os.path.abspath(self.trace_path)), exist_ok=True)
-        self._profiler.export_chrome_trace(self.trace_path)
-        self._summary = summarize_events(self._profiler.events(), self.device)
-        self._summary.update(trace=self.trace_path, steps=self.steps, max_steps=self.max_steps)
-        self._profiler = None  # its events can take a lot of memory
-        return False
-
-    def summary(self):
-        """The figures of the finished profile (see `summarize_events`)."""
-        return self._summary
-
-
-@contextmanager
-def profiling(trace_path, device="cpu", max_steps=PROFILED_STEPS):
-    """`Profile` the block when `trace_path` is given; with None, profile nothing, yield None."""
-    if trace_path is None:
-        yield None
-        return
-    with Profile(trace_path, device, max_steps) as profile:
-        yield profile
-
-
-def summarize_events(events, device, top=TOP_OPERATORS):
-    """The profile's costliest operators, each in its phase, and the time in each phase.
-
-    Operators are ranked by self time (their own, without the operators they call) on the
-    device that did the work: CUDA time on a GPU, CPU time otherwise. `top=None` keeps all.
-    Times are in seconds.
-    """
-    ranges = sorted((e.time_range.start, e.time_range.end, PHASES[e.name])
-                    for e in events if e.name in PHASES)
-    starts = [start for start, _, _ in ranges]
-
-    def phase(event):
-        i = bisect_right(starts, event.time_range.start) - 1
-        inside = i >= 0 and event.time_range.start <= ranges[i][1]
-        return ranges[i][2] if inside else "other"
-
-    operators = {}
-    for event in events:
-        if (event.device_type != DeviceType.CPU or event.is_user_annotation
-                or event.name.startswith("ProfilerStep")):
-            continue  # CPU-side operators only: their CUDA kernels are counted in them
-        key = (event.name, phase(event))
-        row = operators.setdefault(key, {"name": key[0], "phase": key[1], "calls": 0,
-                                         "self_cpu_time": 0.0, "self_cuda_time": 0.0,
-                                         "cpu_time": 0.0})
-        row["calls"] += 1
-        row["self_cpu_time"] += event.self_cpu_time_total / 1e6  # microseconds -> s
-        row["self_cuda_time"] += event.self_device_time_total / 1e6
-        row["cpu_time"] += event.cpu_time_total / 1e6
-    sort_key = "self_cuda_time" if device.type == "cuda" else "self_cpu_time"
-    ranked = sorted(operators.values(), key=lambda row: row[sort_key], reverse=True)
-    phase_time = {name: sum(end - start for start, end, p in ranges if p == name) / 1e6
-                  for name in PHASES.values()}
-    return {
-        "device": device.type,
-        "sorted_by": sort_key,
-        "data_loading_time": phase_time["data loading"],
-        "training_step_time": phase_time["training step"],
-        "operators": ranked if top is None else ranked[:top],
-    }
+ERROR_CHARS = 300  # a failed row's reason: its exception's first line, cut to this
 
 
 # ----------------------------------------------------------------------------------------
@@ -215,12 +89,6 @@ def cold_compiles():
     with warnings.catch_warnings(), torch.compiler.config.patch(force_disable_caches=True):
         warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # as asked
         yield
-
-
-def short_error(error):
-    """The first line of an exception, with its type: enough to see why a row failed."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def bench(cfg, save=None):
@@ -282,14 +150,14 @@ def bench_steps(cfg, device, train_set, sizes):
             row["warmup_time"] = steps_time(trainer, batch, sizes["warmup_steps"], device)
             trainers.append((row, trainer, batch))
         except Exception as error:  # a compiler missing or failing: report the row, go on
-            row["error"] = short_error(error)
+            row["error"] = one_line(error, max_chars=ERROR_CHARS)
     for _ in range(sizes["repeats"]):
         for row, trainer, batch in trainers:
             try:
                 elapsed = steps_time(trainer, batch, sizes["steps"], device)
                 row["rates"].append(sizes["steps"] * len(labels) / elapsed)
             except Exception as error:
-                row["error"] = short_error(error)
+                row["error"] = one_line(error, max_chars=ERROR_CHARS)
         trainers = [t for t in trainers if t[0]["error"] is None]
     default = rows[0]
     for row in rows:
@@ -366,7 +234,7 @@ def c8_compile(cfg, save=None):
                 run["epoch_times"] = [epoch["epoch_time"] for epoch in epochs]
                 run["last_step_times"] = [epoch["last_train_time"] for epoch in epochs]
             except Exception as error:
-                run["error"] = short_error(error)
+                run["error"] = one_line(error, max_chars=ERROR_CHARS)
             result["runs"].append(run)
             result["analysis"] = analyse_compile(result)
             if save is not None:
@@ -405,6 +273,137 @@ def analyse_compile(result):
             row["payback_epochs"] = max(row["compile_cost"], 0.0) / row["saving"]
             row["payback_images"] = row["payback_epochs"] * result["train_images"]
     return analysis
+
+
+# ----------------------------------------------------------------------------------------
+# Printing the results, each from its result alone (REPORT.md rebuilds from the files)
+
+
+def render_bench(result):
+    step, pipeline = result["step"], result.get("pipeline")
+    rows = []
+    for row in step["rows"]:
+        name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
+        if row["error"] is not None:
+            rows.append([name, "failed", "-", "-"])
+            continue
+        rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
+                     f"{row['warmup_time']:.2f}"])
+    sizes = result["sizes"]
+    text = [
+        f"Training step, batch {step['batch_size']}, the batch already on the device:",
+        "",
+        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
+        "",
+        f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
+        f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
+        "compilation for the compile rows, timed with the compiler's caches off as on a first "
+        "run; the compiler's own start-up, once per process, took "
+        f"{step['compiler_startup_time']:.1f} s more.",
+    ]
+    text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
+    if pipeline is not None:
+        rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
+                for row in pipeline["rows"]]
+        setup = pipeline["rows"][-1]["setup_time"]
+        text += [
+            "",
+            f"Data pipeline, batch {pipeline['batch_size']}, whole passes over "
+            f"{pipeline['images']:,} training images, each batch delivered on the device:",
+            "",
+            markdown_table(["loader", "images/s", f"vs {pipeline['reference']}"], rows),
+            "",
+            f"Median of {sizes['pipeline_repeats']} passes each, taken in turns; DataLoader "
+            "passes include starting their workers, as every epoch in C2 does. The device "
+            f"loader's one-off upload of the images took {setup:.2f} s. The device loader "
+            "changes where the data comes from, not the step, so it has no row above.",
+        ]
+    return "\n".join(text)
+
+
+def render_c8(result):
+    analysis = result.get("analysis", [])
+    rows = []
+    for row, run in zip(analysis, result["runs"]):
+        if run["error"] is not None:
+            rows.append([row["mode"], "failed", "-", "-", "-", "-"])
+            continue
+        rows.append([row["mode"], seconds(row["first_epoch"]), seconds(row["later_epochs"]),
+                     seconds(row["compile_cost"]),
+                     "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+                     "-" if row["payback_epochs"] is None else f"{row['payback_epochs']:.1f}"])
+    text = [f"{result['train_images']:,} training images, batch {result['batch_size']}, "
+            f"{result['epochs']} epochs per mode."]
+    if result["note"]:
+        text.append(result["note"])
+    text += ["", markdown_table(["mode", "first epoch (s)", "later epochs, mean (s)",
+                                 "compilation (s)", "later vs eager", "pays back after (epochs)"],
+                                rows),
+             "", explain_compile(result)]
+    text += [f"\n{run['mode']} failed: {run['error']}" for run in result["runs"] if run["error"]]
+    return "\n".join(text)
+
+
+def recompile_costs(analysis):
+    """What the last batch's step cost in the first epoch beyond later epochs, per mode."""
+    costs = [f"{mode} {row['last_step_extra']:.1f} s" for mode, row in analysis.items()
+             if mode != "eager" and row.get("last_step_extra") is not None]
+    if not costs:
+        return ""
+    return ("Compiling that second graph made the first epoch's last step slower than in later "
+            "epochs by: " + ", ".join(costs) + ".")
+
+
+def explain_compile(result):
+    """Why the first epoch is slow, and whether compiling pays, in words drawn from the numbers."""
+    analysis = {row["mode"]: row for row in result.get("analysis", [])}
+    eager = analysis.get("eager")
+    if eager is None or eager["later_epochs"] is None:
+        return "With one epoch there is no later epoch to compare with: use --epochs 2 or more."
+    warmup = eager["first_epoch"] - eager["later_epochs"]
+    if warmup > 0:
+        eager_line = (f"Eager's own first epoch was {warmup:.2f} s slower than its later ones "
+                      "(allocating memory, choosing kernels); the compilation column subtracts "
+                      "that.")
+    else:
+        eager_line = (f"Eager's own first epoch was no slower than its later ones "
+                      f"({eager['first_epoch']:.2f} s against {eager['later_epochs']:.2f} s: "
+                      "the difference is noise).")
+    lines = [
+        "Why the first epoch is slow: on its first step torch.compile traces the model into a "
+        "graph (Dynamo), derives the backward graph (AOTAutograd), fuses operators and "
+        "generates kernels (Inductor: C++ on a CPU, Triton on a GPU), then compiles them. That "
+        "is done once per process and input shape; later steps run the compiled code. "
+        f"{eager_line} The compiler's start-up, once per process, took "
+        f"{result['compiler_startup_time']:.1f} s more, before the first mode."]
+    last_batch = result["train_images"] % result["batch_size"]
+    if last_batch:
+        lines.append(f"The last batch of each epoch has {last_batch} images, a new shape. The "
+                     "model is compiled with static shapes (dynamic=False), so that batch gets "
+                     "a graph of its own, compiled in the first epoch, and full batches keep "
+                     "theirs; with dynamic shapes, every later batch would run one slower "
+                     "graph. " + recompile_costs(analysis))
+    for mode, row in analysis.items():
+        if mode == "eager" or row["compile_cost"] is None:
+            continue
+        line = (f"- {mode}: the first epoch took {row['first_epoch']:.1f} s, about "
+                f"{row['compile_cost']:.1f} s of it compilation; later epochs "
+                f"{row['later_epochs']:.2f} s against eager's {eager['later_epochs']:.2f} s")
+        if row["payback_epochs"] is None:
+            line += ", no faster, so compiling does not pay back at this size on this device."
+        else:
+            full = row["payback_images"] / CIFAR10_TRAIN_IMAGES
+            line += (f", {row['saving']:.2f} s saved per epoch: it pays back after "
+                     f"{row['payback_epochs']:.1f} epochs of this size, "
+                     f"{row['payback_images']:,.0f} images ({full:.2f} of a full CIFAR-10 "
+                     "epoch).")
+        lines.append(line)
+    if "reduce-overhead" in analysis:
+        lines.append("reduce-overhead adds CUDA graphs, which replay a whole step's kernels in "
+                     "one launch; on a CPU there are no CUDA graphs, and it compiles like "
+                     "default. max-autotune also benchmarks alternative kernels while it "
+                     "compiles: a longer compilation for a step that may be faster.")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------

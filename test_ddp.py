@@ -28,7 +28,7 @@ import torch.nn as nn
 import ddp
 import machine
 import parallel
-import render
+import report
 from resnet import ResNet18
 from train import make_optimizer, train_step
 
@@ -244,7 +244,7 @@ class ArithmeticTest(unittest.TestCase):
         facts = parallel.world_facts(world, 128, sync_bn=False)
         self.assertEqual(facts["global_batch"], 256)
         self.assertFalse(world.is_main)
-        self.assertEqual(render.describe_world(facts), "2 processes × batch 128 = global batch "
+        self.assertEqual(report.describe_world(facts), "2 processes × batch 128 = global batch "
                          "256, gloo, 1 thread each; the learning rate is not scaled")
 
     def test_failure_reason_is_one_line(self):
@@ -302,7 +302,7 @@ class RenderTest(unittest.TestCase):
                 self.run_record(4, 512, 0.1, 0, ok=False)]
         result = {"study_device": "cuda", "steps": 20, "warmup": 5, "usable_cores": 16,
                   "batch_sizes": [32, 512], "runs": runs}
-        text = render.render_ddp(result)
+        text = ddp.render_ddp(result)
         self.assertIn("more than half of the step at 2 × 32 (", text)  # 75%, and 23% at 512
         self.assertIn("from 75.0% to 23.1%", text)
         self.assertIn("4 × batch 512: failed: out of memory", text)
@@ -312,7 +312,7 @@ class RenderTest(unittest.TestCase):
         self.assertNotIn("read it as zero", text)
         runs[2] = self.run_record(2, 32, 0.010, 0.004)
         runs[3] = self.run_record(2, 512, 0.100, -0.002)
-        text = render.render_ddp(result)
+        text = ddp.render_ddp(result)
         self.assertIn("never takes half of a step", text)
         self.assertIn("read it as zero", text)
         self.assertIn("In 1 of the 2 runs with more than one process a step lost less", text)
@@ -456,7 +456,7 @@ class StudyTest(unittest.TestCase):
         self.assertAlmostEqual(two["efficiency"], two["speedup"] / 2)
         self.assertIsNone(one["all_reduce"])
         self.assertEqual(two["all_reduce"]["bytes"], 4 * 11_173_962)
-        self.assertIn("| processes |", render.render_ddp(result))
+        self.assertIn("| processes |", ddp.render_ddp(result))
 
     @unittest.skipIf(torch.cuda.device_count() > 0, "needs a machine without a GPU")
     def test_failing_runs_are_kept_and_the_study_goes_on(self):

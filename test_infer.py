@@ -15,7 +15,6 @@ from unittest import mock
 import torch
 
 import infer
-import render
 from resnet import ResNet18
 from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
 
@@ -140,7 +139,7 @@ class TestInfer(unittest.TestCase):
                                        row["batch_size"] * 1000 / row["median_ms"])
                 self.assertTrue(row["matches_eager"])
         self.assertIn("torch.jit.trace", "".join(result["ways"]["trace"]["warnings"]))
-        text = render.render_infer(result)
+        text = infer.render_infer(result)
         self.assertIn("### Batch size 3", text)
         self.assertIn("torch.export", text)
 
@@ -157,7 +156,7 @@ class TestInfer(unittest.TestCase):
             result = infer.infer(Config(infer_batch_sizes=(1,)), ways=("trace", "eager"))
         self.assertEqual(result["ways"]["trace"]["error"], "RuntimeError: no such backend")
         self.assertIsNone(result["ways"]["eager"]["error"])
-        self.assertIn("trace failed: RuntimeError: no such backend", render.render_infer(result))
+        self.assertIn("trace failed: RuntimeError: no such backend", infer.render_infer(result))
 
 
 class TestCheckpoint(unittest.TestCase):

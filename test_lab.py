@@ -696,7 +696,7 @@ class WordsTest(TempDirTest):
         result = {"runs": runs, "train_images": 300, "batch_size": 128, "epochs": 3,
                   "compiler_startup_time": 1.0, "note": None}
         result["analysis"] = speed.analyse_compile(result)
-        text = render.explain_compile(result)
+        text = speed.explain_compile(result)
         self.assertIn("static shapes (dynamic=False)", text)
         self.assertIn("default 20.1 s", text)
 

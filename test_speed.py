@@ -23,6 +23,7 @@ from torchvision import datasets
 
 import render
 import speed
+import timing
 from data import (MEAN, STD, DataError, DeviceLoader, SyntheticCIFAR, make_loader, seeded_subset,
                   test_transform, train_transform)
 from lab import Config
@@ -267,7 +268,7 @@ class ProfileTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as folder:
             path = str(Path(folder, "run.trace.json"))
             with native_stderr_to(os.path.join(folder, "profiler.log")), \
-                    speed.profiling(path, CPU, max_steps) as profile:
+                    timing.profiling(path, CPU, max_steps) as profile:
                 fit(cfg, train_set, train_set, profiler=profile)
             with open(path) as file:
                 trace = json.load(file)  # valid JSON, or this raises
@@ -281,7 +282,7 @@ class ProfileTest(unittest.TestCase):
         self.assertGreater(summary["data_loading_time"], 0)
         self.assertGreater(summary["training_step_time"], summary["data_loading_time"])
         operators = summary["operators"]
-        self.assertEqual(len(operators), speed.TOP_OPERATORS)
+        self.assertEqual(len(operators), timing.TOP_OPERATORS)
         times = [op["self_cpu_time"] for op in operators]
         self.assertEqual(times, sorted(times, reverse=True))
         # With no workers the transforms run in this process: ToTensor's /255 is data loading.
@@ -299,15 +300,15 @@ class ProfileTest(unittest.TestCase):
         self.assertIn(("aten::convolution", "training step"), phases)
 
     def test_no_trace_path_profiles_nothing(self):
-        with speed.profiling(None) as profile:
+        with timing.profiling(None) as profile:
             self.assertIsNone(profile)
 
     @staticmethod
     def all_operators(summary, trace):
         """Every operator in the trace with its phase, by the same rule as the summary."""
         events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-        ranges = [(e["ts"], e["ts"] + e["dur"], speed.PHASES[e["name"]])
-                  for e in events if e["name"] in speed.PHASES]
+        ranges = [(e["ts"], e["ts"] + e["dur"], timing.PHASES[e["name"]])
+                  for e in events if e["name"] in timing.PHASES]
         rows = []
         for e in events:
             if e.get("cat") != "cpu_op":
@@ -344,7 +345,7 @@ class BenchFiguresTest(unittest.TestCase):
                 {**row, "name": "amp bf16", "images_per_second": 21.0, "ratio": 2.1},
                 {**row, "name": "compile", "images_per_second": None, "ratio": None,
                  "error": "BackendCompilerFailed: no C++ compiler"}]}}
-        text = render.render_bench(result)
+        text = speed.render_bench(result)
         self.assertIn("| amp bf16 (best) |", text)
         self.assertIn("2.10x", text)
         self.assertIn("compile failed: BackendCompilerFailed: no C++ compiler", text)
@@ -363,7 +364,7 @@ class BenchFiguresTest(unittest.TestCase):
         self.assertEqual(default["payback_images"], 31 * 256)
         self.assertIsNone(autotune["payback_epochs"])   # slower than eager: never
         result["analysis"] = [eager, default, autotune]
-        text = render.explain_compile(result)
+        text = speed.explain_compile(result)
         self.assertIn("pays back after 31.0 epochs", text)
         self.assertIn("does not pay back", text)
 
@@ -371,7 +372,7 @@ class BenchFiguresTest(unittest.TestCase):
         result = {"train_images": 256, "batch_size": 128, "compiler_startup_time": 1.0,
                   "runs": [{"mode": "eager", "epoch_times": [10.0], "error": None}]}
         result["analysis"] = speed.analyse_compile(result)
-        self.assertIn("--epochs 2", render.explain_compile(result))
+        self.assertIn("--epochs 2", speed.explain_compile(result))
 
 
 if __name__ == "__main__":

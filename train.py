@@ -192,7 +192,7 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
 
     The run is {"model": model_facts(...), "epochs": [one dict per epoch], "summary": ...}.
     It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
-    `profiler` (speed.py's `Profile`) is stepped after every training step. Under torchrun
+    `profiler` (timing.py's `Profile`) is stepped after every training step. Under torchrun
     (parallel.py) each rank trains on its share of every epoch, and the epoch's figures are
     summed over the ranks; only rank 0 shows progress.
     """
