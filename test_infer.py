@@ -1,4 +1,5 @@
-"""Tests for infer.py and the scriptable resnet.py: `python -m unittest test_infer` (CPU, ~2 min).
+"""Tests for infer.py: every way against eager, the result and its rendering, checkpoints,
+percentiles, and trace against script: `python -m unittest test_infer` (CPU, ~2 min).
 
 Each way's outputs are checked against eager's, run in this file, not against infer.py's own
 comparison; BatchNorm gets random statistics first, so that a conversion that dropped or
@@ -17,14 +18,9 @@ import torch
 import infer
 import render
 from resnet import ResNet18
-from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
+from testkit import TOLERANCE, network, quiet_module, relative_difference
 
-try:
-    from lab import model_summary
-except ImportError:
-    from questions import model_summary
-
-TOLERANCE = 1e-5  # float32 on the CPU: the ways reorder sums, they compute the same thing
+setUpModule = quiet_module
 
 
 @dataclass
@@ -34,52 +30,6 @@ class Config:
     seed: int = 0
     infer_batch_sizes: tuple = (1, 3)
     checkpoint: str = None
-
-
-def network(batch_norm):
-    """A seeded ResNet-18 in eval mode whose BatchNorm layers are far from the identity."""
-    torch.manual_seed(0)
-    model = ResNet18(batch_norm=batch_norm)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
-def relative_difference(outputs, expected):
-    return (outputs - expected).abs().max().item() / expected.abs().max().item()
-
-
-class TestResNetScripts(unittest.TestCase):
-    def test_script_gives_eager_outputs_with_and_without_batch_norm(self):
-        self.enterContext(warnings.catch_warnings())
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
-        images = torch.randn(2, 3, 32, 32)  # (2, 3, 32, 32)
-        for batch_norm in (True, False):
-            model = network(batch_norm)
-            scripted = torch.jit.script(model)
-            with torch.no_grad():
-                self.assertLess(relative_difference(scripted(images), model(images)), TOLERANCE)
-
-    def test_parameter_counts(self):
-        count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-        self.assertEqual(count(ResNet18()), 11_173_962)
-        self.assertEqual(count(ResNet18(batch_norm=False)), 11_164_362)
-
-    def test_no_placeholder_layers_without_batch_norm(self):
-        model = ResNet18(batch_norm=False)
-        self.assertIsNone(model.bn1)
-        self.assertIsNone(model.layer2[0].bn2)
-        types = {type(module).__name__ for module in model.modules()}
-        self.assertFalse(types & {"BatchNorm2d", "Identity"}, types)
-
-    def test_summary_rows_unchanged(self):
-        self.assertEqual(len(model_summary(ResNet18(), print_table=False)["rows"]), 49)
-        rows = model_summary(ResNet18(batch_norm=False), print_table=False)["rows"]
-        self.assertEqual(len(rows), 29)
 
 
 class TestEveryWayMatchesEager(unittest.TestCase):
