@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 
 import torch
 

@@ -318,7 +318,7 @@ def model_summary(model, input_size=(3, 32, 32), batch_size=-1, print_table=True
     Returns a JSON-ready dict: `rows` (one per layer call: layer, type, index, name,
     output_shape, params, trainable_params, output_bytes) and the totals. Prints the table
     unless print_table is False; `file` redirects it. Where torchsummary 1.5.1 miscounts,
-    this one does not: README.md lists the cases and test_questions.py proves each.
+    this one does not: README.md lists the cases and test_lab.py proves each.
     """
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     device = first.device if first is not None else torch.device("cpu")

@@ -1,4 +1,5 @@
-"""Tests for infer.py and the scriptable resnet.py: `python -m unittest test_infer` (CPU, ~2 min).
+"""Tests for infer.py: every way against eager, the result and its rendering, checkpoints,
+percentiles, and trace against script: `python -m unittest test_infer` (CPU, ~2 min).
 
 Each way's outputs are checked against eager's, run in this file, not against infer.py's own
 comparison; BatchNorm gets random statistics first, so that a conversion that dropped or
@@ -9,76 +10,21 @@ import os
 import tempfile
 import unittest
 import warnings
-from dataclasses import dataclass
 from unittest import mock
 
 import torch
 
 import infer
+import lab
 from resnet import ResNet18
-from test_lab import quiet_module as setUpModule  # quiet: progress to a buffer
+from testkit import TOLERANCE, network, quiet_module, relative_difference
 
-try:
-    from lab import model_summary
-except ImportError:
-    from questions import model_summary
-
-TOLERANCE = 1e-5  # float32 on the CPU: the ways reorder sums, they compute the same thing
+setUpModule = quiet_module
 
 
-@dataclass
-class Config:
-    device: str = "cpu"
-    batch_norm: bool = True
-    seed: int = 0
-    infer_batch_sizes: tuple = (1, 3)
-    checkpoint: str = None
-
-
-def network(batch_norm):
-    """A seeded ResNet-18 in eval mode whose BatchNorm layers are far from the identity."""
-    torch.manual_seed(0)
-    model = ResNet18(batch_norm=batch_norm)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
-def relative_difference(outputs, expected):
-    return (outputs - expected).abs().max().item() / expected.abs().max().item()
-
-
-class TestResNetScripts(unittest.TestCase):
-    def test_script_gives_eager_outputs_with_and_without_batch_norm(self):
-        self.enterContext(warnings.catch_warnings())
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation
-        images = torch.randn(2, 3, 32, 32)  # (2, 3, 32, 32)
-        for batch_norm in (True, False):
-            model = network(batch_norm)
-            scripted = torch.jit.script(model)
-            with torch.no_grad():
-                self.assertLess(relative_difference(scripted(images), model(images)), TOLERANCE)
-
-    def test_parameter_counts(self):
-        count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-        self.assertEqual(count(ResNet18()), 11_173_962)
-        self.assertEqual(count(ResNet18(batch_norm=False)), 11_164_362)
-
-    def test_no_placeholder_layers_without_batch_norm(self):
-        model = ResNet18(batch_norm=False)
-        self.assertIsNone(model.bn1)
-        self.assertIsNone(model.layer2[0].bn2)
-        types = {type(module).__name__ for module in model.modules()}
-        self.assertFalse(types & {"BatchNorm2d", "Identity"}, types)
-
-    def test_summary_rows_unchanged(self):
-        self.assertEqual(len(model_summary(ResNet18(), print_table=False)["rows"]), 49)
-        rows = model_summary(ResNet18(batch_norm=False), print_table=False)["rows"]
-        self.assertEqual(len(rows), 29)
+def config(**changes):
+    """The lab's Config, timing batch sizes 1 and 3 unless told otherwise."""
+    return lab.Config(**{"infer_batch_sizes": (1, 3), **changes})
 
 
 class TestEveryWayMatchesEager(unittest.TestCase):
@@ -123,7 +69,7 @@ class TestInfer(unittest.TestCase):
         saved = []
         few = {"cpu": {"warmup": 0, "min_runs": 2, "max_runs": 2, "budget_s": 0.0}}
         with mock.patch.dict(infer.REPEATS, few):
-            result = infer.infer(Config(), save=lambda r: saved.append(list(r["ways"])),
+            result = infer.infer(config(), save=lambda r: saved.append(list(r["ways"])),
                                  ways=("eager", "trace"))
         self.assertEqual(saved, [["eager"], ["eager", "trace"]])
         self.assertEqual(result["batch_sizes"], [1, 3])
@@ -145,7 +91,7 @@ class TestInfer(unittest.TestCase):
 
     def test_unknown_way_names_the_valid_ones(self):
         with self.assertRaisesRegex(ValueError, "eager, trace, script, export, compile, aoti"):
-            infer.infer(Config(), ways=("onnx",))
+            infer.infer(config(), ways=("onnx",))
 
     def test_a_failing_way_is_one_line_and_the_others_go_on(self):
         def broken(model, example, folder):
@@ -153,7 +99,7 @@ class TestInfer(unittest.TestCase):
 
         few = {"cpu": {"warmup": 0, "min_runs": 1, "max_runs": 1, "budget_s": 0.0}}
         with mock.patch.dict(infer.REPEATS, few), mock.patch.dict(infer.WAYS, {"trace": broken}):
-            result = infer.infer(Config(infer_batch_sizes=(1,)), ways=("trace", "eager"))
+            result = infer.infer(config(infer_batch_sizes=(1,)), ways=("trace", "eager"))
         self.assertEqual(result["ways"]["trace"]["error"], "RuntimeError: no such backend")
         self.assertIsNone(result["ways"]["eager"]["error"])
         self.assertIn("trace failed: RuntimeError: no such backend", infer.render_infer(result))
@@ -172,18 +118,18 @@ class TestCheckpoint(unittest.TestCase):
     def test_plain_and_wrapped_state_dicts_load(self):
         trained = network(True)
         for state in (trained.state_dict(), {"model": trained.state_dict(), "epoch": 3}):
-            model = infer.load_model(Config(checkpoint=self.saved(state)))
+            model = infer.load_model(config(checkpoint=self.saved(state)))
             self.assertTrue(torch.equal(model.bn1.running_var, trained.bn1.running_var))
             self.assertFalse(model.training)
 
     def test_missing_file(self):
         with self.assertRaisesRegex(infer.InferError, "cannot read checkpoint .*nowhere.pt"):
-            infer.load_model(Config(checkpoint=os.path.join(self.folder.name, "nowhere.pt")))
+            infer.load_model(config(checkpoint=os.path.join(self.folder.name, "nowhere.pt")))
 
     def test_weights_of_the_other_network(self):
         path = self.saved(ResNet18(batch_norm=False).state_dict())
         with self.assertRaises(infer.InferError) as caught:
-            infer.load_model(Config(checkpoint=path))
+            infer.load_model(config(checkpoint=path))
         message = str(caught.exception)
         self.assertNotIn("\n", message)
         self.assertIn("missing: bn1.weight", message)
@@ -193,11 +139,11 @@ class TestCheckpoint(unittest.TestCase):
         path = self.saved(ResNet18(num_classes=100).state_dict())
         shapes = r"2 wrong shape: linear.weight \(100, 512\) not \(10, 512\), linear.bias"
         with self.assertRaisesRegex(infer.InferError, shapes):
-            infer.load_model(Config(checkpoint=path))
+            infer.load_model(config(checkpoint=path))
 
     def test_not_a_state_dict(self):
         with self.assertRaisesRegex(infer.InferError, "holds a list, not a state_dict"):
-            infer.load_model(Config(checkpoint=self.saved([1, 2, 3])))
+            infer.load_model(config(checkpoint=self.saved([1, 2, 3])))
 
 
 class TestPercentile(unittest.TestCase):

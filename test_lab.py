@@ -1,380 +1,43 @@
-"""Tests for the lab's core and its experiments: `python -m unittest` (CPU only, offline).
+"""Tests for lab.py: the exercises end to end, C3-C7, the model summary, the answers to Q1-Q4,
+and the project's layout: `python -m unittest` (CPU only, offline).
 
 Each test checks something that could be wrong: a known figure, an invariant, or the same
 thing computed two ways. Training runs use tiny synthetic slices so the suite takes minutes.
+
+The ResNet-18 figures are the ones torchsummary 1.5.1 prints for this network (49 rows,
+11,173,962 parameters, 0.01 / 11.25 / 42.63 / 53.89 MB; without BatchNorm 29 rows, 11,164,362,
+0.01 / 6.56 / 42.59 / 49.16 MB), checked by hand; torchsummary itself is not a dependency. The
+small models each hold one thing torchsummary gets wrong, with the right figure worked out in
+the comments.
 """
 
 import ast
-import contextlib
 import io
 import json
-import logging
 import math
-import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 import unittest
 from dataclasses import replace
-from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
+import torchvision
 
-import data
-import cli
 import lab
 import render
 import report
-import speed
-import timing
-import train
-from resnet import ResNet18
-
-HERE = Path(__file__).resolve().parent
-TINY = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20",
-        "--batch-size", "16", "--epochs", "1", "--num-workers", "0"]
-
-
-def quiet_module():
-    """Send the lab's progress lines and tables to a buffer while a test module runs, so that
-    `python -m unittest` shows only unittest's own output (it keeps the stream it started with)."""
-    quiet = contextlib.ExitStack()
-    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
-    unittest.addModuleCleanup(quiet.close)
-    # torch's one note when it compiles on the CPU ("No CUDA runtime is found"), logged to the
-    # stderr it found at import, past the redirection above.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
+from lab import (conv_layers, count_parameters_and_gradients, linear_input, model_summary,
+                 q1_conv_layers, q2_linear_input)
+from render import format_summary, render_q1
+from resnet import BasicBlock, ResNet, ResNet18
+from testkit import HERE, TINY, TempDirTest, config, q3_q4_results, quiet_module, run_lab
 
 setUpModule = quiet_module
 
 
-def flat_keys(value, path=""):
-    """Every key path in a results file ("/runs/best/summary/epoch_time"), a list by its first
-    item."""
-    keys = set()
-    if isinstance(value, dict):
-        for key, item in value.items():
-            keys |= {f"{path}/{key}"} | flat_keys(item, f"{path}/{key}")
-    elif isinstance(value, list) and value:
-        keys |= flat_keys(value[0], path + "[]")
-    return keys
-
-
-def run_lab(*args):
-    """lab.main(args) in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = lab.main(list(args))
-    return status, out.getvalue(), err.getvalue()
-
-
-class TempDirTest(unittest.TestCase):
-    def setUp(self):
-        self._tmp = tempfile.TemporaryDirectory()
-        self.tmp = Path(self._tmp.name)
-        self.out = str(self.tmp / "results")
-
-    def tearDown(self):
-        self._tmp.cleanup()
-
-    def load(self, name):
-        with open(os.path.join(self.out, f"{name}.json")) as file:
-            return json.load(file)
-
-
-# ------------------------------------------------------------------------------------------
-# The model
-
-
-class ResNetTest(unittest.TestCase):
-    def test_parameter_counts(self):
-        count = lambda m: sum(p.numel() for p in m.parameters())
-        self.assertEqual(count(ResNet18()), 11_173_962)
-        self.assertEqual(count(ResNet18(batch_norm=False)), 11_164_362)
-
-    def test_without_batchnorm_has_no_batchnorm_state_or_placeholders(self):
-        model = ResNet18(batch_norm=False)
-        self.assertEqual(list(model.buffers()), [])
-        kinds = {type(m).__name__ for m in model.modules()}
-        self.assertFalse(kinds & {"BatchNorm2d", "Identity"}, kinds)
-        self.assertFalse(any("bn" in name for name, _ in model.named_parameters()))
-
-    def test_layer_names_follow_the_familiar_layout(self):
-        names = {name for name, _ in ResNet18().named_modules()}
-        for name in ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn2", "layer2.0.shortcut.0",
-                     "layer2.0.shortcut.1", "layer4.1.conv2", "linear"]:
-            self.assertIn(name, names)
-        self.assertNotIn("layer1.0.shortcut.0", names)  # identity shortcut: nothing in it
-
-    def test_no_convolution_has_a_bias_and_output_shape(self):
-        model = ResNet18()
-        self.assertTrue(all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d)))
-        self.assertEqual(model.linear.in_features, 512)
-        for batch_norm in (True, False):
-            out = ResNet18(batch_norm=batch_norm)(torch.randn(2, 3, 32, 32))
-            self.assertEqual(tuple(out.shape), (2, 10))
-
-
-# ------------------------------------------------------------------------------------------
-# The timers
-
-
-class FakeDevice:
-    """Stands in for a GPU: work 'queued' on it takes `pending` seconds to finish at a sync."""
-
-    def __init__(self):
-        self.pending = 0.0
-        self.syncs = 0
-
-    def synchronize(self, device=None):
-        self.syncs += 1
-        time.sleep(self.pending)
-        self.pending = 0.0
-
-
-class TimingTest(unittest.TestCase):
-    def test_windows_synchronise_a_cuda_device_at_both_ends(self):
-        fake = FakeDevice()
-        with mock.patch.object(torch.cuda, "synchronize", fake.synchronize):
-            timer = timing.EpochTimer("cuda")
-            with timer.epoch():
-                with timer.data():
-                    pass
-                with timer.train():
-                    pass
-        self.assertEqual(fake.syncs, 6)  # two per window, three windows
-
-    def test_queued_work_is_charged_to_the_window_that_queued_it(self):
-        # Without the closing sync, 0.2 s of "GPU work" would land in the next data window.
-        fake = FakeDevice()
-        with mock.patch.object(torch.cuda, "synchronize", fake.synchronize):
-            timer = timing.EpochTimer("cuda")
-            with timer.epoch():
-                with timer.train():
-                    fake.pending = 0.2          # queue work and return at once
-                with timer.data():
-                    pass
-        self.assertGreaterEqual(timer.train_time, 0.2)
-        self.assertLess(timer.data_time, 0.1)
-
-    def test_windows_add_up_to_the_epoch(self):
-        timer = timing.EpochTimer("cpu")
-        with timer.epoch():
-            for _ in range(3):
-                with timer.data():
-                    time.sleep(0.01)
-                with timer.train():
-                    time.sleep(0.02)
-        self.assertGreaterEqual(timer.data_time, 0.03)
-        self.assertGreaterEqual(timer.train_time, 0.06)
-        self.assertGreaterEqual(timer.other_time, 0.0)
-        self.assertAlmostEqual(timer.data_time + timer.train_time + timer.other_time,
-                               timer.epoch_time, places=12)
-        self.assertLess(timer.other_time, 0.01 * timer.epoch_time + 0.005)
-        self.assertGreaterEqual(timer.first_batch_time, 0.01)
-        self.assertLess(timer.first_batch_time, timer.data_time)
-
-    def test_timer_and_event_timer_measure_a_known_wait(self):
-        for timer_class in (timing.Timer, timing.CudaEventTimer):
-            with timer_class("cpu") as timer:
-                time.sleep(0.05)
-            self.assertGreaterEqual(timer.elapsed, 0.05)
-            self.assertLess(timer.elapsed, 1.0)
-
-    def test_null_timer_is_the_same_loop_untimed(self):
-        # The baseline of `python speed.py overhead`: same training, nothing timed.
-        batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))] * 2
-        losses = {}
-        for timer_class in (timing.EpochTimer, timing.NullTimer):
-            torch.manual_seed(0)
-            model = ResNet18()
-            optimizer = train.make_optimizer("sgd", model.parameters(), lr=0.01)
-            result = train.train_one_epoch(model, batches, optimizer, torch.device("cpu"),
-                                           timer=timer_class("cpu"))
-            losses[timer_class] = result["train_loss"]
-            timed = timer_class is timing.EpochTimer
-            self.assertEqual(result["train_time"] > 0, timed)
-            self.assertEqual(result["epoch_time"] > 0, timed)
-        self.assertEqual(losses[timing.EpochTimer], losses[timing.NullTimer])
-
-    def test_timed_batches_charge_worker_start_to_the_first_data_window(self):
-        timer = timing.EpochTimer("cpu")
-
-        class SlowStart:
-            def __iter__(self):
-                time.sleep(0.05)  # like starting worker processes
-                return iter([1, 2, 3])
-
-        with timer.epoch():
-            self.assertEqual(list(train.timed_batches(SlowStart(), timer)), [1, 2, 3])
-        self.assertGreaterEqual(timer.first_batch_time, 0.05)
-
-
-# ------------------------------------------------------------------------------------------
-# The data
-
-
-class SyntheticDataTest(unittest.TestCase):
-    def test_same_seed_same_data_and_cifar_shaped(self):
-        a = data.SyntheticCIFAR(200, seed=3)
-        b = data.SyntheticCIFAR(200, seed=3)
-        c = data.SyntheticCIFAR(200, seed=4)
-        test = data.SyntheticCIFAR(200, seed=3, train=False)
-        self.assertTrue(np.array_equal(a.data, b.data))
-        self.assertEqual(a.targets, b.targets)
-        self.assertFalse(np.array_equal(a.data, c.data))
-        self.assertFalse(np.array_equal(a.data, test.data))
-        self.assertEqual(a.data.shape, (200, 32, 32, 3))
-        self.assertEqual(a.data.dtype, np.uint8)
-        self.assertEqual(sorted(set(a.targets)), list(range(10)))
-        self.assertEqual(np.bincount(a.targets).tolist(), [20] * 10)  # balanced
-
-    def test_learnable_through_the_labs_augmentation(self):
-        # A small CNN trained on augmented images must beat chance on held-out images.
-        torch.manual_seed(0)
-        train_set = data.SyntheticCIFAR(1000, seed=0, transform=data.train_transform())
-        test_set = data.SyntheticCIFAR(300, seed=0, train=False, transform=data.test_transform())
-        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        criterion = nn.CrossEntropyLoss()
-        images, labels = next(iter(data.make_loader(test_set, 300, False, 0)))
-        with torch.no_grad():
-            loss_before = criterion(model(images), labels).item()
-        for _ in range(3):
-            for x, y in data.make_loader(train_set, 50, True, 0):
-                optimizer.zero_grad()
-                loss = criterion(model(x), y)
-                loss.backward()
-                optimizer.step()
-        with torch.no_grad():
-            outputs = model(images)
-        self.assertLess(criterion(outputs, labels).item(), loss_before - 0.3)
-        self.assertGreater((outputs.argmax(1) == labels).float().mean().item(), 0.3)
-
-    def test_transforms_are_the_assignments(self):
-        names = [type(t).__name__ for t in data.train_transform().transforms]
-        self.assertEqual(names, ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"])
-        crop, flip, _, normalize = data.train_transform().transforms
-        self.assertEqual((crop.size, crop.padding, flip.p), ((32, 32), 4, 0.5))
-        self.assertEqual((normalize.mean, normalize.std), (data.MEAN, data.STD))
-        names = [type(t).__name__ for t in data.test_transform().transforms]
-        self.assertEqual(names, ["ToTensor", "Normalize"])
-
-    def test_seeded_subset_is_fixed(self):
-        full = list(range(100))
-        a = data.seeded_subset(full, 10, seed=1)
-        b = data.seeded_subset(full, 10, seed=1)
-        self.assertEqual(a.indices, b.indices)
-        self.assertEqual(len(set(a.indices)), 10)
-        self.assertNotEqual(a.indices, data.seeded_subset(full, 10, seed=2).indices)
-        with self.assertRaises(data.DataError):
-            data.seeded_subset(full, 101, seed=1)
-
-    def test_workers_work_under_spawn(self):
-        dataset = data.SyntheticCIFAR(8, seed=0, transform=data.train_transform())
-        loader = data.make_loader(dataset, 4, True, num_workers=1,
-                                  multiprocessing_context="spawn")
-        batches = list(loader)
-        self.assertEqual([tuple(x.shape) for x, _ in batches], [(4, 3, 32, 32)] * 2)
-
-
-class DataSourceTest(TempDirTest):
-    def test_auto_falls_back_to_synthetic_when_cifar_cannot_be_had(self):
-        with mock.patch.object(data, "_download_cifar10", return_value="network unreachable"):
-            train_set, test_set, info = data.load_datasets(
-                "auto", self.tmp / "data", train_size=20, test_size=10)
-        self.assertEqual(info["name"], "synthetic")
-        self.assertIn("could not be downloaded", info["note"])
-        self.assertEqual((len(train_set), len(test_set)), (20, 10))
-
-    def test_cifar10_missing_and_not_downloadable_says_where_to_put_it(self):
-        with mock.patch.object(data, "_download_cifar10", return_value="network unreachable"):
-            with self.assertRaisesRegex(data.DataError, "cifar-10-python.tar.gz.*--data-path"):
-                data.load_datasets("cifar10", self.tmp / "data")
-
-    def test_partial_cifar10_says_how_to_fix_it(self):
-        root = self.tmp / "data"
-        (root / "cifar-10-batches-py").mkdir(parents=True)
-        (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"truncated")
-        for dataset in ("cifar10", "auto"):
-            with mock.patch.object(data, "_download_cifar10", return_value="offline"):
-                with self.assertRaisesRegex(data.DataError, "incomplete or corrupted.*Delete"):
-                    data.load_datasets(dataset, root)
-
-    def test_data_path_that_is_a_file_or_unwritable(self):
-        afile = self.tmp / "afile"
-        afile.write_text("not a folder")
-        with self.assertRaisesRegex(data.DataError, "is a file"):
-            data.load_datasets("cifar10", afile)
-        with self.assertRaisesRegex(data.DataError, "cannot be created"):
-            data.load_datasets("cifar10", afile / "data")
-
-    def make_folder(self, root, classes):
-        rng = np.random.default_rng(0)
-        for split, count in (("train", 2), ("test", 1)):
-            for name in classes:
-                (root / split / name).mkdir(parents=True)
-                for i in range(count):
-                    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                    Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-
-    def test_image_folder(self):
-        root = self.tmp / "folder"
-        self.make_folder(root, data.CIFAR10_CLASSES)
-        train_set, test_set, info = data.load_datasets("folder", root)
-        self.assertEqual((info["name"], len(train_set), len(test_set)), ("folder", 20, 10))
-        image, label = train_set[3]
-        self.assertEqual((tuple(image.shape), label), ((3, 32, 32), 1))  # alphabetical classes
-        with self.assertRaisesRegex(data.DataError, "train/<class>"):
-            data.load_datasets("folder", self.tmp)
-
-    def test_image_folder_needs_ten_classes(self):
-        root = self.tmp / "two"
-        self.make_folder(root, ["cat", "dog"])
-        with self.assertRaisesRegex(data.DataError, "2 class folders"):
-            data.load_datasets("folder", root)
-
-
-# ------------------------------------------------------------------------------------------
-# C1, C2 and the command line
-
-
-class TrainingTest(unittest.TestCase):
-    def test_a_few_sgd_steps_on_synthetic_data_lower_the_loss(self):
-        train_set = data.SyntheticCIFAR(64, seed=0, transform=data.test_transform())
-        cfg = lab.Config(epochs=4, batch_size=32, num_workers=0)
-        run = train.fit(replace(cfg, lr=0.02), train_set, train_set)
-        losses = [e["train_loss"] for e in run["epochs"]]
-        self.assertLess(losses[-1], losses[0], losses)
-
-    def test_same_seed_same_initial_weights_and_same_data_order(self):
-        cfg = lab.Config()
-        a = train.make_model(cfg, torch.device("cpu")).state_dict()
-        b = train.make_model(cfg, torch.device("cpu")).state_dict()
-        self.assertTrue(all(torch.equal(a[k], b[k]) for k in a))
-        dataset = list(range(50))
-        order = lambda: [x.tolist() for x in data.make_loader(dataset, 10, True, 0, seed=5)]
-        self.assertEqual(order(), order())
-
-    def test_a_nan_loss_is_reported_as_diverged(self):
-        train_set = data.SyntheticCIFAR(32, seed=0, transform=data.test_transform())
-        cfg = lab.Config(epochs=3, batch_size=16, num_workers=0, lr=1e30)
-        history = train.fit(cfg, train_set, train_set)["epochs"]
-        self.assertTrue(history[-1]["diverged"])
-        self.assertLess(len(history), 3)  # it stops at the diverged epoch
-
-
-class CommandLineTest(TempDirTest):
+class EndToEndTest(TempDirTest):
     def test_c1_end_to_end(self):
         status, out, err = run_lab("c1", *TINY, "--epochs", "2", "--out", self.out)
         self.assertEqual(status, 0, err)
@@ -405,82 +68,6 @@ class CommandLineTest(TempDirTest):
             self.assertGreaterEqual(parts, 0.99 * epoch["epoch_time"])
         self.assertIn("data+train", out)
         self.assertIn("mean", out)
-
-    def test_bad_input_gets_one_line_and_status_2(self):
-        afile = self.tmp / "afile"
-        afile.write_text("x")
-        cases = [
-            (["c9"], "choose one of: c1, c2"),
-            (["c1", "--optimizer", "rmsprop"], "choose from 'sgd', 'nesterov', 'adagrad'"),
-            (["c1", "--epochs", "0"], "--epochs: must be a positive"),
-            (["c1", "--train-size", "-5"], "--train-size: must be a positive"),
-            (["c1", "--batch-size", "0"], "--batch-size: must be a positive"),
-            (["c1", "--num-workers", "-1"], "--num-workers: must be 0 or more"),
-            (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
-            (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
-            (["c1", "--out", str(afile)], "--out"),
-            (["c6", "--profile"], "--profile records c2 and c4 only"),
-            (["c4", "--loader", "device"], "--loader device has none"),
-            (["c1", "--seed", "-1"], "--seed must be"),
-            (["c1", "--out", "/proc/no/such"], "cannot be created"),
-        ]
-        if not torch.cuda.is_available():
-            cases.append((["c1", "--device", "cuda"], "no CUDA GPU"))
-            cases.append((["c1", "--cuda"], "no CUDA GPU"))
-        for args, message in cases:
-            with self.subTest(args=args):
-                if "--out" not in args:  # keep the checkout free of a results folder
-                    args = [*args, "--out", self.out]
-                status, out, err = run_lab(*args)
-                self.assertEqual(status, 2)
-                self.assertEqual(len(err.strip().splitlines()), 1, err)
-                self.assertIn(message, err)
-                self.assertNotIn("Traceback", err)
-
-    def test_corrupted_cifar10_on_the_command_line(self):
-        root = self.tmp / "data"
-        root.mkdir()
-        (root / "cifar-10-python.tar.gz").write_bytes(b"half a download")
-        with mock.patch.object(data, "_download_cifar10", return_value="offline"):
-            status, _, err = run_lab("c1", "--dataset", "cifar10", "--data-path", str(root),
-                                    "--out", self.out)
-        self.assertEqual(status, 2)
-        self.assertIn("incomplete or corrupted", err)
-
-    def test_quick_chooses_small_slices_unless_given(self):
-        _, cfg, _, _ = cli.parse_args(["all", "--quick", "--epochs", "3"], lab.Config,
-                                      lab.EXERCISES)
-        self.assertEqual((cfg.train_size, cfg.test_size, cfg.epochs),
-                         (lab.Config.QUICK["train_size"], lab.Config.QUICK["test_size"], 3))
-
-    def test_every_option_has_help(self):
-        for action in cli.build_parser(lab.Config(), lab.EXERCISES)._actions:
-            self.assertTrue(action.help, action.option_strings)
-
-    def test_ctrl_c_keeps_finished_epochs_and_exits_130(self):
-        args = [sys.executable, str(HERE / "lab.py"), "c1", *TINY, "--epochs", "50",
-                "--no-eval", "--out", self.out]
-        process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
-        path = Path(self.out) / "c1.json"
-        deadline = time.time() + 120
-        while time.time() < deadline and not path.exists():
-            time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
-        time.sleep(0.05)
-        process.send_signal(signal.SIGINT)  # an impatient second Ctrl-C, during the shutdown
-        _, err = process.communicate(timeout=60)
-        self.assertEqual(process.returncode, 130, err)
-        self.assertIn("interrupted", err)
-        self.assertNotIn("Traceback", err)
-        self.assertNotIn("Exception ignored", err)
-        result = self.load("c1")
-        self.assertFalse(result["complete"])
-        self.assertGreaterEqual(len(result["epochs"]), 1)
-
-
-# ------------------------------------------------------------------------------------------
-# C3-C7 and `all`
 
 
 class ExperimentsTest(TempDirTest):
@@ -536,35 +123,6 @@ class ExperimentsTest(TempDirTest):
         with mock.patch.object(lab, "c3_worker_sweep", sweep):  # the same slice: reused
             self.assertEqual(lab.best_worker_count(self.cfg(train_size=256))[0], 0)
 
-    def test_c4_explanation_follows_the_numbers(self):
-        def run(data_time, first, train_time):
-            return {"summary": {"data_time": data_time, "first_batch_time": first,
-                                "train_time": train_time,
-                                "epoch_time": data_time + train_time}}
-
-        hidden = render.explain_c4(run(2.0, 0.1, 10.0), run(0.3, 0.25, 10.0), 4)
-        self.assertIn("With 1 worker, the loop waited 2.000 s", hidden)
-        self.assertIn("Loading is not hidden", hidden)  # 1.9 s after the start: 16%
-        self.assertIn("After the start, loading is hidden", hidden)  # 0.05 s after the start
-        self.assertIn("+1.700 s is in the wait for data and +0.000 s in training", hidden)
-        self.assertIn("stayed within 5%", hidden)
-        contended = render.explain_c4(run(0.1, 0.05, 12.0), run(0.1, 0.05, 10.0), 4)
-        self.assertIn("changed by 17%", contended)
-        self.assertIn("With no workers the main process loads every batch",
-                      render.explain_c4(run(1.0, 0.1, 10.0), run(0.5, 0.01, 10.0), 0))
-
-    def test_c3_core_explanation_only_claims_what_was_timed(self):
-        point = lambda n, t, spread=0.1: {"num_workers": n, "median": t, "min": t - spread,
-                                          "max": t + spread}
-        untimed = [point(0, 5.0), point(2, 3.0)]
-        self.assertIn("No count above 2 was timed", render.explain_cores(untimed, untimed[1], 2))
-        agree = [point(0, 5.0), point(2, 3.0), point(4, 3.5)]
-        self.assertIn("The sweep agrees", render.explain_cores(agree, agree[1], 2))
-        noisy = [point(0, 5.0), point(2, 3.0, 0.5), point(4, 2.9, 0.5)]
-        self.assertIn("spreads overlap: noise", render.explain_cores(noisy, noisy[2], 2))
-        busy = [point(0, 5.0), point(2, 3.0), point(8, 2.0)]
-        self.assertIn("8 workers were still 33% faster", render.explain_cores(busy, busy[2], 2))
-
     def test_c5_without_a_gpu_marks_the_gpu_side_skipped(self):
         with mock.patch.object(lab, "gpu_device", return_value=(None, "no GPU here")):
             result = lab.c5_cpu_vs_gpu(self.cfg(best_workers=0))
@@ -600,105 +158,360 @@ class ExperimentsTest(TempDirTest):
                             with_bn["model"]["initial_weights_sha256"])
         self.assertEqual(result["batch_norm_source"], "a fresh run")
 
-    def test_all_writes_every_section_and_continues_after_an_interrupt(self):
-        args = ["all", *TINY, "--max-workers", "0", "--repeats", "1", "--out", self.out]
-        real_run = report.run_exercise
-        ran = []
 
-        def stop_at_c5(name, exercise, cfg, stream=None):
-            if name == "c5":
-                raise KeyboardInterrupt
-            ran.append(name)
-            return real_run(name, exercise, cfg, stream)
-
-        with mock.patch.object(report, "run_exercise", stop_at_c5):
-            status, _, err = run_lab(*args)
-        self.assertEqual(status, 130, err)
-        self.assertEqual(ran, ["c1", "c2", "c3", "c4"])
-        partial = (Path(self.out) / "REPORT.md").read_text()
-        self.assertIn("The sweep stopped because", partial)  # C3 made it in
-        self.assertIn("## C5: training on the GPU against the CPU\n\nNot run.", partial)
-
-        ran.clear()
-
-        def record(name, exercise, cfg, stream=None):
-            ran.append(name)
-            return real_run(name, exercise, cfg, stream)
-
-        with mock.patch.object(report, "run_exercise", record):
-            status, out, err = run_lab(*args)
-        self.assertEqual(status, 0, err)
-        self.assertEqual(ran, ["c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"])
-        self.assertEqual(out.count("skipped (--force reruns it)"), 4)
-        text = (Path(self.out) / "REPORT.md").read_text()
-        for exercise in lab.EXERCISES.values():
-            if exercise.in_lab:
-                self.assertIn(f"## {exercise.title}", text)
-        self.assertNotIn("Not run.", text)
-        self.assertIn("The BatchNorm run is C6's SGD run", text)
-        self.assertIn("**20 convolutional layers**", text)
-        c4 = self.load("c4")
-        self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
-        # The oracle: every key the results files had before the layout change is still there;
-        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count and
-        # each epoch's last step.
-        expected = json.loads((HERE / "test_results_keys.json").read_text())
-        for name, keys in expected.items():
-            found = flat_keys(self.load(name))
-            self.assertEqual(set(keys) - found, set(), name)
-            added = {key for key in found - set(keys) if not key.startswith("/config/")
-                     and not key.endswith("/last_train_time")}
-            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source"}, name)
+def summarize(model, input_size=(3, 32, 32), batch_size=-1):
+    return model_summary(model, input_size, batch_size, print_table=False)
 
 
-class WordsTest(TempDirTest):
-    """What the lab says is true: the data named as used, gradients, static shapes."""
+class TestSummaryOfResNet18(unittest.TestCase):
+    """The figures torchsummary prints, where it is right."""
 
-    def test_synthetic_data_is_never_called_cifar10(self):
-        _, _, info = data.load_datasets("synthetic", train_size=8, test_size=8)
-        self.assertIn("not CIFAR-10's", info["note"])
-        self.assertEqual(report.data_title(info), "synthetic CIFAR-shaped data (not CIFAR-10)")
-        self.assertEqual(report.data_title({"name": "cifar10"}), "CIFAR-10")
-        header = report.report_header(lab.Config(), {"dataset": info})
-        self.assertTrue(header.startswith("# HPML lab report: ResNet-18 on synthetic"), header)
+    def check_figures(self, summary, rows, params, mb):
+        self.assertEqual(len(summary["rows"]), rows)
+        self.assertEqual(summary["total_params"], params)
+        self.assertEqual(summary["trainable_params"], params)
+        self.assertEqual(summary["non_trainable_params"], 0)
+        self.assertEqual(summary["unlisted_params"], {})
+        self.assertEqual(sum(row["params"] for row in summary["rows"]), params)
+        sizes = [summary[key] for key in ("input_size_mb", "forward_backward_size_mb",
+                                          "params_size_mb", "total_size_mb")]
+        self.assertEqual([round(size, 2) for size in sizes], mb)
 
-    def test_backward_accumulates_into_grad_as_q3_says(self):
-        layer = nn.Linear(3, 1)
-        for _ in range(2):
-            layer(torch.ones(1, 3)).sum().backward()
-        self.assertTrue(torch.equal(layer.weight.grad, torch.full((1, 3), 2.0)))  # 1 + 1
-        text = render.render_q3(lab.q3_sgd_parameters(lab.Config()))
-        self.assertIn("gradients accumulate", text)
-        self.assertNotIn("rewritten", text)
+    def test_with_batch_norm(self):
+        summary = summarize(ResNet18())
+        self.check_figures(summary, 49, 11_173_962, [0.01, 11.25, 42.63, 53.89])
+        first, last = summary["rows"][0], summary["rows"][-1]
+        self.assertEqual((first["layer"], first["output_shape"], first["params"]),
+                         ("Conv2d-1", [-1, 64, 32, 32], 3 * 64 * 3 * 3))
+        self.assertEqual((last["layer"], last["output_shape"], last["params"]),
+                         ("Linear-49", [-1, 10], 512 * 10 + 10))
+        self.assertEqual(sum(row["type"] == "BatchNorm2d" for row in summary["rows"]), 20)
 
-    def test_a_negative_communication_time_is_not_a_broken_file(self):
-        self.assertIsNone(report.MEASURE.match("communication_time"))  # a difference: may be < 0
-        self.assertIsNotNone(report.MEASURE.match("train_time"))      # a duration: never < 0
+    def test_without_batch_norm(self):
+        summary = summarize(ResNet18(batch_norm=False))
+        self.check_figures(summary, 29, 11_164_362, [0.01, 6.56, 42.59, 49.16])
+        types_listed = {row["type"] for row in summary["rows"]}
+        self.assertEqual(types_listed, {"Conv2d", "BasicBlock", "Linear"})  # no placeholders
 
-    def test_options_that_cannot_apply_are_refused(self):
-        for args, message in ((["all", "--loader", "device"], "c3 and c4 measure"),
-                              (["c2", "--checkpoint", "w.pt"], "--checkpoint is for infer"),
-                              (["c2", "--steps", "3"], "--steps is for ddp")):
-            status, _, err = run_lab(*args, "--out", self.out)
-            self.assertEqual(status, 2, err)
-            self.assertIn(message, err)
+    def test_batch_size_scales_inputs_and_outputs(self):
+        summary = summarize(ResNet18(), batch_size=16)
+        self.assertEqual(summary["rows"][0]["output_shape"], [16, 64, 32, 32])
+        sizes = [summary[key] for key in ("input_size_mb", "forward_backward_size_mb",
+                                          "params_size_mb", "total_size_mb")]
+        self.assertEqual([round(size, 2) for size in sizes], [0.19, 180.00, 42.63, 222.81])
 
-    def test_compiled_training_uses_static_shapes(self):
-        with mock.patch.object(torch, "compile") as compile_:
-            train.compile_model(nn.Linear(1, 1))
-        self.assertIs(compile_.call_args.kwargs["dynamic"], False)
+    def test_printed_table(self):
+        out = io.StringIO()
+        model_summary(ResNet18(), file=out)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[1].split(), ["Layer", "(type)", "Output", "Shape", "Param", "#"])
+        self.assertEqual(lines[3], f"{'Conv2d-1':>20}  {'[-1, 64, 32, 32]':>25} {'1,728':>15}")
+        for line in ["Total params: 11,173,962", "Trainable params: 11,173,962",
+                     "Non-trainable params: 0", "Input size (MB): 0.01",
+                     "Forward/backward pass size (MB): 11.25", "Params size (MB): 42.63",
+                     "Estimated Total Size (MB): 53.89"]:
+            self.assertIn(line, lines)
+        self.assertEqual(len(lines), 3 + 49 + 10)  # header, rows, totals
 
-    def test_c8_says_what_the_last_batchs_recompile_cost(self):
-        runs = [{"mode": "eager", "epoch_times": [10.0, 9.0, 9.0],
-                 "last_step_times": [0.5, 0.5, 0.5], "error": None},
-                {"mode": "default", "epoch_times": [60.0, 6.0, 6.0],
-                 "last_step_times": [20.5, 0.4, 0.4], "error": None}]
-        result = {"runs": runs, "train_images": 300, "batch_size": 128, "epochs": 3,
-                  "compiler_startup_time": 1.0, "note": None}
-        result["analysis"] = speed.analyse_compile(result)
-        text = speed.explain_compile(result)
-        self.assertIn("static shapes (dynamic=False)", text)
-        self.assertIn("default 20.1 s", text)
+    def test_reused_activation_is_listed_per_call(self):
+        # torchvision's BasicBlock calls one nn.ReLU twice: torchsummary lists both calls, and
+        # so do we (68 rows, 11,181,642 parameters, 1.29 MB forward/backward on 32x32 inputs).
+        summary = summarize(torchvision.models.resnet18(num_classes=10))
+        self.assertEqual(len(summary["rows"]), 68)
+        self.assertEqual(sum(row["type"] == "ReLU" for row in summary["rows"]), 1 + 2 * 8)
+        self.assertEqual(summary["total_params"], 11_181_642)
+        self.assertEqual(round(summary["forward_backward_size_mb"], 2), 1.29)
+
+    def test_json_ready(self):
+        summary = summarize(ResNet18())
+        self.assertEqual(json.loads(json.dumps(summary)), summary)
+
+
+class Twice(nn.Module):
+    """One Linear called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(self.fc(x))
+
+
+class SharedAcrossParents(nn.Module):
+    """One Linear registered under two containers; torchsummary hooks it twice per call."""
+
+    def __init__(self):
+        super().__init__()
+        fc = nn.Linear(4, 4)
+        self.first, self.second = nn.Sequential(fc), nn.Sequential(fc)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+class Tied(nn.Module):
+    """Two Linears sharing one weight, as in tied embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Gain(nn.Module):
+    """A layer whose parameter is called neither weight nor bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class BareParameters(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.gain = Gain()
+        self.scale = nn.Parameter(torch.ones(4))  # on the model itself: no layer row holds it
+
+    def forward(self, x):
+        return self.gain(self.fc(x)) * self.scale
+
+
+class Split(nn.Module):
+    """Splits (N, 6) into (N, 2) and (N, 4), returned as a tuple, a list or a dict."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        a, b = x[:, :2], x[:, 2:]
+        return {"tuple": (a, b), "list": [a, b], "dict": {"a": a, "b": b}}[self.kind]
+
+
+class SplitThenLinear(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.split = Split(kind)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        parts = self.split(x)
+        b = parts["b"] if isinstance(parts, dict) else parts[1]
+        return self.fc(b)
+
+
+class TestWhereTorchsummaryIsWrong(unittest.TestCase):
+
+    def test_module_called_twice_counts_once(self):
+        summary = summarize(Twice(), (4,))
+        self.assertEqual([row["params"] for row in summary["rows"]], [20, 0])  # 4*4 + 4, then 0
+        self.assertEqual(summary["total_params"], 20)  # torchsummary: 40
+        self.assertEqual(round(summary["params_size_mb"] * 1024 ** 2), 20 * 4)
+
+    def test_module_under_two_parents_is_one_row_per_call(self):
+        summary = summarize(SharedAcrossParents(), (4,))
+        self.assertEqual(len(summary["rows"]), 2)  # torchsummary: 4
+        self.assertEqual(summary["total_params"], 20)
+
+    def test_tied_parameter_counts_once(self):
+        summary = summarize(Tied(), (4,))
+        self.assertEqual([row["params"] for row in summary["rows"]], [20, 4])  # b adds its bias
+        self.assertEqual(summary["total_params"], 16 + 4 + 4)
+
+    def test_every_parameter_counts(self):
+        summary = summarize(BareParameters(), (4,))
+        self.assertEqual([(row["type"], row["params"]) for row in summary["rows"]],
+                         [("Linear", 20), ("Gain", 4)])  # torchsummary: Gain 0
+        self.assertEqual(summary["unlisted_params"], {"scale": 4})
+        self.assertEqual(summary["total_params"], 20 + 4 + 4)  # torchsummary: 20
+        self.assertIn("Params in no listed layer: 4 (scale)", format_summary(summary))
+
+    def test_frozen_bias_is_non_trainable(self):
+        model = nn.Sequential(nn.Linear(4, 4))
+        model[0].bias.requires_grad_(False)
+        summary = summarize(model, (4,))
+        self.assertEqual((summary["trainable_params"], summary["non_trainable_params"]), (16, 4))
+        self.assertEqual(summary["rows"][0]["trainable_params"], 16)  # torchsummary: 20
+
+    def test_frozen_weight_leaves_bias_trainable(self):
+        model = nn.Sequential(nn.Linear(4, 4))
+        model[0].weight.requires_grad_(False)
+        summary = summarize(model, (4,))
+        self.assertEqual((summary["trainable_params"], summary["non_trainable_params"]), (4, 16))
+
+    def test_frozen_batch_norm_in_resnet(self):
+        model = ResNet18()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.requires_grad_(False)
+        summary = summarize(model)
+        self.assertEqual(summary["non_trainable_params"], 11_173_962 - 11_164_362)
+        self.assertEqual(summary["trainable_params"], 11_164_362)
+
+    def test_tuple_list_and_dict_outputs(self):
+        expected = {"tuple": [[-1, 2], [-1, 4]], "list": [[-1, 2], [-1, 4]],
+                    "dict": {"a": [-1, 2], "b": [-1, 4]}}
+        for kind, shape in expected.items():
+            with self.subTest(kind=kind):
+                summary = summarize(SplitThenLinear(kind), (6,))
+                split, fc = summary["rows"]
+                self.assertEqual(split["output_shape"], shape)
+                self.assertEqual(split["output_bytes"], (2 + 4) * 4)
+                self.assertEqual(fc["output_shape"], [-1, 3])
+                # Two bytes counts (output and gradient) of 2 + 4 + 3 floats.
+                self.assertEqual(round(summary["forward_backward_size_mb"] * 1024 ** 2),
+                                 2 * (2 + 4 + 3) * 4)
+                self.assertIn(str(shape), format_summary(summary))
+
+    def test_batch_norm_statistics_and_modes_unchanged(self):
+        model = ResNet18()
+        model.train()
+        model.layer1[0].bn1.eval()  # a mixed model must come back mixed
+        before = {name: value.clone() for name, value in model.state_dict().items()}
+        modes = [m.training for m in model.modules()]
+        summarize(model)
+        after = model.state_dict()
+        for name, value in before.items():
+            self.assertTrue(torch.equal(value, after[name]), name)
+        self.assertEqual([m.training for m in model.modules()], modes)
+        self.assertFalse(model.layer1[0].bn1.training)
+
+    def test_forward_pass_builds_no_graph(self):
+        model = ResNet18()
+        seen = []
+
+        def remember(module, args, output):
+            seen.append((torch.is_grad_enabled(), output.requires_grad))
+
+        model.linear.register_forward_hook(remember)
+        summarize(model)
+        self.assertEqual(seen, [(False, False)])
+        self.assertTrue(all(p.grad is None for p in model.parameters()))
+
+    def test_caller_random_stream_untouched(self):
+        model = ResNet18(batch_norm=False)  # building draws from the stream; summarizing must not
+        state = torch.get_rng_state()
+        summarize(model)
+        self.assertTrue(torch.equal(torch.get_rng_state(), state))
+
+    def test_runs_on_the_model_device(self):
+        # The meta device stands in for a GPU: an input made on the CPU would fail there.
+        model = ResNet18().to("meta")
+        summary = summarize(model)
+        self.assertEqual(summary["total_params"], 11_173_962)
+        self.assertEqual(round(summary["total_size_mb"], 2), 53.89)
+        self.assertTrue(all(p.device.type == "meta" for p in model.parameters()))
+
+
+class TestQ1ConvLayers(unittest.TestCase):
+
+    def test_both_variants(self):
+        for batch_norm in (True, False):
+            with self.subTest(batch_norm=batch_norm):
+                result = q1_conv_layers(config(batch_norm))
+                self.assertEqual(result["conv_layers"], 20)
+                self.assertEqual(result["by_kernel"], {"3x3": 17, "1x1": 3})
+                self.assertEqual((result["main_path_convs"], result["shortcut_convs"]), (17, 3))
+                self.assertEqual(result["weighted_layers_on_main_path"], 18)
+                self.assertTrue(all(c["kernel"] == "1x1" for c in result["convs"]
+                                    if c["path"] == "shortcut"))
+                self.assertEqual(json.loads(json.dumps(result)), result)
+
+    def test_agrees_with_the_summary(self):
+        rows = summarize(ResNet18())["rows"]
+        self.assertEqual(sum(row["type"] == "Conv2d" for row in rows),
+                         q1_conv_layers(config(True))["conv_layers"])
+
+    def test_counted_not_typed(self):
+        # ResNet-34 (3, 4, 6, 3 blocks): 1 + 16 * 2 main-path convs, 3 shortcuts, and the name's 34.
+        result = conv_layers(ResNet(BasicBlock, [3, 4, 6, 3]))
+        self.assertEqual((result["conv_layers"], result["weighted_layers_on_main_path"]), (36, 34))
+        text = render_q1({"batch_norm": True, **result})
+        self.assertIn("36 convolutional layers", text)
+        self.assertIn("Why the name says 34", text)
+
+
+class TestQ2LinearInput(unittest.TestCase):
+
+    def test_both_variants(self):
+        for batch_norm in (True, False):
+            with self.subTest(batch_norm=batch_norm):
+                result = q2_linear_input(config(batch_norm))
+                self.assertEqual(result["input_dimension"], 512)
+                self.assertEqual(result["measured_input_shape"], [2, 512])
+                self.assertEqual(result["in_features"], 512)
+                self.assertEqual(result["last_feature_map_shape"], [2, 512, 4, 4])
+                self.assertEqual(result["flattened_feature_map"], 512 * 4 * 4)
+                self.assertEqual(json.loads(json.dumps(result)), result)
+
+    def test_pooling_makes_it_independent_of_image_size(self):
+        result = linear_input(ResNet18(), input_size=(3, 64, 64))
+        self.assertEqual(result["last_feature_map_shape"], [2, 512, 8, 8])
+        self.assertEqual(result["input_dimension"], 512)
+
+    def test_measured_not_typed(self):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(),
+                              nn.Linear(8 * 32 * 32, 10))
+        result = linear_input(model)
+        self.assertEqual(result["input_dimension"], 8 * 32 * 32)
+        self.assertEqual(result["last_feature_map_shape"], [2, 8, 32, 32])
+
+
+class TestQ3Q4ParametersAndGradients(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.results = q3_q4_results()
+
+    def test_one_gradient_per_trainable_parameter(self):
+        # 62 parameter tensors with BatchNorm (20 convs, 20 BatchNorms x 2, linear x 2), 22 without.
+        for (name, bn), params, tensors in [(("sgd", True), 11_173_962, 62),
+                                            (("adam", True), 11_173_962, 62),
+                                            (("sgd", False), 11_164_362, 22),
+                                            (("adam", False), 11_164_362, 22)]:
+            with self.subTest(optimizer=name, batch_norm=bn):
+                result = self.results[(name, bn)]
+                self.assertEqual(result["trainable_parameters"], params)
+                self.assertEqual(result["gradients"], params)
+                self.assertEqual(result["summary_totals"]["trainable_params"], params)
+                self.assertEqual(result["parameter_tensors"], tensors)
+                self.assertEqual(result["gradient_tensors"], tensors)
+                self.assertEqual(json.loads(json.dumps(result)), result)
+
+    def test_sgd_keeps_one_momentum_buffer_per_parameter(self):
+        for bn, params, tensors in [(True, 11_173_962, 62), (False, 11_164_362, 22)]:
+            result = self.results[("sgd", bn)]
+            self.assertEqual(result["optimizer_state"],
+                             {"momentum_buffer": {"tensors": tensors, "elements": params}})
+            self.assertEqual(result["per_weight_state"], ["momentum_buffer"])
+
+    def test_adam_keeps_two_moments_and_a_step_counter(self):
+        # exp_avg and exp_avg_sq: one number per weight each; step: one scalar per tensor.
+        for bn, params, tensors in [(True, 11_173_962, 62), (False, 11_164_362, 22)]:
+            result = self.results[("adam", bn)]
+            self.assertEqual(result["optimizer_state"],
+                             {"step": {"tensors": tensors, "elements": tensors},
+                              "exp_avg": {"tensors": tensors, "elements": params},
+                              "exp_avg_sq": {"tensors": tensors, "elements": params}})
+            self.assertEqual(result["per_weight_state"], ["exp_avg", "exp_avg_sq"])
+
+    def test_gradients_are_counted_from_grad(self):
+        # A frozen layer has no gradient; a layer that did not take part has none yet.
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(2, 2))
+        model[0].requires_grad_(False)
+        model[1](model[0](torch.randn(3, 4))).sum().backward()  # model[2] is not used
+        counts = count_parameters_and_gradients(model)
+        self.assertEqual(counts["trainable_parameters"], (4 * 2 + 2) + (2 * 2 + 2))
+        self.assertEqual(counts["gradients"], 4 * 2 + 2)
+        self.assertEqual((counts["parameter_tensors"], counts["gradient_tensors"]), (4, 2))
 
 
 class LayoutTest(unittest.TestCase):
@@ -736,26 +549,8 @@ class LayoutTest(unittest.TestCase):
                         holders.append(f"{name}.{node.name}")
         self.assertEqual(holders, ["train.train_step"])
 
-    def test_progress_without_a_terminal_prints_every_tenth_of_an_epoch(self):
-        stream = io.StringIO()  # not a terminal, like a log file
-        progress = train.Progress("epoch 1/1", total=40, stream=stream)
-        for seen in range(4, 41, 4):
-            progress.batch(seen, torch.tensor(2.3 * seen), torch.tensor(seen // 10))
-        lines = stream.getvalue().splitlines()
-        self.assertEqual(len(lines), 10, lines)
-        self.assertTrue(all(line.startswith("epoch 1/1 [") for line in lines))
-
-    def test_progress_survives_a_closed_stream(self):
-        stream = io.StringIO()
-        stream.close()
-        progress = train.Progress("epoch 1/1", total=4, stream=stream)
-        progress.batch(4, torch.tensor(1.0), torch.tensor(1))
-        progress.done({"train_loss": 1.0, "train_accuracy": 25.0, "test_accuracy": None,
-                       "data_time": 0.1, "train_time": 0.2, "epoch_time": 0.3,
-                       "diverged": False})
-
     def test_unittest_output_has_no_progress_line_or_table(self):
-        test = "test_lab.TrainingTest.test_a_nan_loss_is_reported_as_diverged"
+        test = "test_train.TrainingTest.test_a_nan_loss_is_reported_as_diverged"
         done = subprocess.run([sys.executable, "-m", "unittest", test], cwd=HERE,
                               capture_output=True, text=True, timeout=300)
         self.assertEqual(done.returncode, 0, done.stderr)

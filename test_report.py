@@ -1,7 +1,8 @@
-"""Tests for the faults a new user meets (issue 9, part 2): `python -m unittest test_faults`.
+"""Tests for report.py: the results folder (unwritable, locked, full), full or closed streams,
+results files that do not fit and are rerun, `all` and REPORT.md.
 
-Each bad situation must end in one line on stderr and exit status 2 (or the documented
-fallback), with no traceback, and with every finished step still on disk.
+Each fault must end in one line on stderr and exit status 2 (or the documented fallback), with
+no traceback, and with every finished step still on disk.
 """
 
 import contextlib
@@ -9,36 +10,29 @@ import errno
 import io
 import json
 import os
-import sys
 import unittest
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
-import torch
-from PIL import Image
-
-import cli
-import data
 import lab
 import render
 import report
-import train
-from machine import usable_cores, worker_limit
-from test_lab import TINY, TempDirTest, quiet_module, run_lab
+from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
 
 setUpModule = quiet_module
 
 
-def one_line(test, status, err, message):
-    """The fault's shape: status 2, one line on stderr naming it, no traceback."""
-    test.assertEqual(status, 2, err)
-    lines = [line for line in err.strip().splitlines() if not line.startswith("epoch ")]
-    test.assertEqual(len(lines), 1, err)  # beside the progress of an epoch that trained
-    test.assertIn(message, err)
-    test.assertNotIn("Traceback", err)
+def flat_keys(value, path=""):
+    """Every key path in a results file ("/runs/best/summary/epoch_time"), a list by its first
+    item."""
+    keys = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            keys |= {f"{path}/{key}"} | flat_keys(item, f"{path}/{key}")
+    elif isinstance(value, list) and value:
+        keys |= flat_keys(value[0], path + "[]")
+    return keys
 
 
 class Unwritable(io.StringIO):
@@ -189,110 +183,60 @@ class ResultsFileTest(TempDirTest):
         self.assertIsNone(report.finished_result("c2", replace(self.cfg, seed=1)))
 
 
-class ImageFolderTest(TempDirTest):
-    def make_folder(self):
-        root = self.tmp / "images"
-        rng = np.random.default_rng(0)
-        for split in ("train", "test"):
-            for name in data.CIFAR10_CLASSES:
-                (root / split / name).mkdir(parents=True)
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / name / "0.png")
-        return root
+class ReportTest(TempDirTest):
+    def test_all_writes_every_section_and_continues_after_an_interrupt(self):
+        args = ["all", *TINY, "--max-workers", "0", "--repeats", "1", "--out", self.out]
+        real_run = report.run_exercise
+        ran = []
 
-    def test_a_broken_or_wrong_sized_image_is_named_at_load(self):
-        root = self.make_folder()
-        good = (root / "train" / "cat" / "0.png").read_bytes()
-        cases = {"empty": b"", "truncated": good[:60], "not an image": b"hello"}
-        for case, content in cases.items():
-            with self.subTest(case):
-                bad = root / "test" / "dog" / f"{case}.png"
-                bad.write_bytes(content)
-                with self.assertRaisesRegex(data.DataError, f"{bad} is not a readable image"):
-                    data.load_datasets("folder", root)
-                bad.unlink()
-        Image.new("RGB", (64, 64)).save(root / "train" / "cat" / "0.png")
-        with self.assertRaisesRegex(data.DataError, "0.png is 64x64; the lab's images are"):
-            data.load_datasets("folder", root)
-        status, _, err = run_lab("c2", "--dataset", "folder", "--data-path", str(root),
-                                 "--out", self.out)
-        one_line(self, status, err, "is 64x64")
+        def stop_at_c5(name, exercise, cfg, stream=None):
+            if name == "c5":
+                raise KeyboardInterrupt
+            ran.append(name)
+            return real_run(name, exercise, cfg, stream)
 
-    def test_a_symlink_loop_is_refused(self):
-        for target in (".", "..", "../.."):
-            with self.subTest(target=target):
-                root = self.make_folder()
-                link = root / "train" / "cat" / "loop"
-                link.symlink_to(target)
-                with self.assertRaisesRegex(data.DataError, f"{link} is a symbolic link back"):
-                    data.load_datasets("folder", root)
-                self._tmp.cleanup()
-                self.tmp.mkdir()
+        with mock.patch.object(report, "run_exercise", stop_at_c5):
+            status, _, err = run_lab(*args)
+        self.assertEqual(status, 130, err)
+        self.assertEqual(ran, ["c1", "c2", "c3", "c4"])
+        partial = (Path(self.out) / "REPORT.md").read_text()
+        self.assertIn("The sweep stopped because", partial)  # C3 made it in
+        self.assertIn("## C5: training on the GPU against the CPU\n\nNot run.", partial)
 
+        ran.clear()
 
-class BoundsTest(TempDirTest):
-    def test_worker_counts_are_bounded(self):
-        for option in ("--num-workers", "--max-workers", "--best-workers"):
-            with self.subTest(option):
-                status, _, err = run_lab("c3", option, "1000", "--out", self.out)
-                one_line(self, status, err, f"{option} 1000 is more workers than is sensible")
-        _, cfg, _, _ = cli.parse_args(["c3", "--max-workers", str(worker_limit())],
-                                      lab.Config, lab.EXERCISES)
-        self.assertEqual(cfg.max_workers, worker_limit())
-        self.assertGreaterEqual(worker_limit(), 4 * usable_cores())
+        def record(name, exercise, cfg, stream=None):
+            ran.append(name)
+            return real_run(name, exercise, cfg, stream)
 
-    def test_sizes_are_bounded_by_memory_and_the_data_set(self):
-        status, _, err = run_lab("c2", "--dataset", "synthetic", "--train-size", "10" * 12,
-                                 "--out", self.out)
-        one_line(self, status, err, "GiB of memory to generate")
-        status, _, err = run_lab("c2", "--train-size", "1e12", "--out", self.out)
-        one_line(self, status, err, "'1e12' is not a whole number")
-        loader = data.make_loader(list(range(10)), 10**23, shuffle=True, num_workers=0)
-        self.assertEqual([len(batch) for batch in loader], [10])  # the whole set, once
+        with mock.patch.object(report, "run_exercise", record):
+            status, out, err = run_lab(*args)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(ran, ["c5", "c6", "c7", "q1", "q2", "q3", "q4", "summary"])
+        self.assertEqual(out.count("skipped (--force reruns it)"), 4)
+        text = (Path(self.out) / "REPORT.md").read_text()
+        for exercise in lab.EXERCISES.values():
+            if exercise.in_lab:
+                self.assertIn(f"## {exercise.title}", text)
+        self.assertNotIn("Not run.", text)
+        self.assertIn("The BatchNorm run is C6's SGD run", text)
+        self.assertIn("**20 convolutional layers**", text)
+        c4 = self.load("c4")
+        self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
+        # The oracle: every key the results files had before the layout change is still there;
+        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count and
+        # each epoch's last step.
+        expected = json.loads((HERE / "test_results_keys.json").read_text())
+        for name, keys in expected.items():
+            found = flat_keys(self.load(name))
+            self.assertEqual(set(keys) - found, set(), name)
+            added = {key for key in found - set(keys) if not key.startswith("/config/")
+                     and not key.endswith("/last_train_time")}
+            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source"}, name)
 
-    def test_lr_must_be_finite(self):
-        for value in ("inf", "nan", "-inf"):
-            status, _, err = run_lab("c2", f"--lr={value}", "--out", self.out)
-            one_line(self, status, err, "must be a positive, finite number")
-
-
-class EnvironmentTest(TempDirTest):
-    def test_auto_falls_back_to_synthetic_when_the_data_path_is_read_only(self):
-        for path, unwritable in (("/proc/self", None), (self.tmp / "ro", "Permission denied")):
-            with self.subTest(path=path), \
-                    mock.patch.object(data, "cannot_write", return_value=unwritable) \
-                    if unwritable else contextlib.nullcontext():
-                _, _, info = data.load_datasets("auto", path, train_size=20, test_size=10)
-                self.assertEqual(info["name"], "synthetic")
-                with self.assertRaisesRegex(data.DataError, "cannot be written"):
-                    data.load_datasets("cifar10", path)
-
-    def test_more_workers_than_cores_under_warnings_as_errors(self):
-        dataset = list(range(8))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            loader = data.make_loader(dataset, 4, shuffle=False, num_workers=usable_cores() + 1)
-            self.assertEqual([b.tolist() for b in loader], [[0, 1, 2, 3], [4, 5, 6, 7]])
-
-    def test_compile_without_a_compiler_is_one_line(self):
-        from torch._inductor import cpp_builder
-        with mock.patch.object(cpp_builder, "get_cpp_compiler", side_effect=RuntimeError("none")):
-            status, _, err = run_lab("c2", *TINY, "--compile", "--device", "cpu",
-                                     "--out", self.out)
-        one_line(self, status, err, "--compile on the CPU needs a C++ compiler")
-        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
-
-    def test_prefixes_typos_and_a_slow_amp(self):
-        _, cfg, _, _ = cli.parse_args(["c2", "--epoch", "2"], lab.Config, lab.EXERCISES)
-        self.assertEqual(cfg.epochs, 2)
-        status, _, err = run_lab("c2", "--epohcs", "2", "--out", self.out)
-        one_line(self, status, err, "unrecognized arguments: --epohcs")
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            cli.parse_args(["c2", "--amp", "fp16", "--device", "cpu"], lab.Config, lab.EXERCISES)
-            cli.parse_args(["c2", "--amp", "bf16", "--device", "cpu"], lab.Config, lab.EXERCISES)
-        self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
-        self.assertIn("warning: --amp fp16 on the CPU", err.getvalue())
+    def test_a_negative_communication_time_is_not_a_broken_file(self):
+        self.assertIsNone(report.MEASURE.match("communication_time"))  # a difference: may be < 0
+        self.assertIsNotNone(report.MEASURE.match("train_time"))      # a duration: never < 0
 
 
 if __name__ == "__main__":

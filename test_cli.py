@@ -1,0 +1,157 @@
+"""Tests for cli.py: bad options and options that cannot apply end in one line and status 2,
+bounds on sizes, workers and the learning rate, --quick, help, prefixes and typos, and Ctrl-C."""
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+import cli
+import data
+import lab
+from machine import usable_cores, worker_limit
+from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
+
+setUpModule = quiet_module
+
+
+class CommandLineTest(TempDirTest):
+    def test_bad_input_gets_one_line_and_status_2(self):
+        afile = self.tmp / "afile"
+        afile.write_text("x")
+        cases = [
+            (["c9"], "choose one of: c1, c2"),
+            (["c1", "--optimizer", "rmsprop"], "choose from 'sgd', 'nesterov', 'adagrad'"),
+            (["c1", "--epochs", "0"], "--epochs: must be a positive"),
+            (["c1", "--train-size", "-5"], "--train-size: must be a positive"),
+            (["c1", "--batch-size", "0"], "--batch-size: must be a positive"),
+            (["c1", "--num-workers", "-1"], "--num-workers: must be 0 or more"),
+            (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
+            (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
+            (["c1", "--out", str(afile)], "--out"),
+            (["c6", "--profile"], "--profile records c2 and c4 only"),
+            (["c4", "--loader", "device"], "--loader device has none"),
+            (["c1", "--seed", "-1"], "--seed must be"),
+            (["c1", "--out", "/proc/no/such"], "cannot be created"),
+        ]
+        if not torch.cuda.is_available():
+            cases.append((["c1", "--device", "cuda"], "no CUDA GPU"))
+            cases.append((["c1", "--cuda"], "no CUDA GPU"))
+        for args, message in cases:
+            with self.subTest(args=args):
+                if "--out" not in args:  # keep the checkout free of a results folder
+                    args = [*args, "--out", self.out]
+                status, out, err = run_lab(*args)
+                self.assertEqual(status, 2)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                self.assertIn(message, err)
+                self.assertNotIn("Traceback", err)
+
+    def test_corrupted_cifar10_on_the_command_line(self):
+        root = self.tmp / "data"
+        root.mkdir()
+        (root / "cifar-10-python.tar.gz").write_bytes(b"half a download")
+        with mock.patch.object(data, "_download_cifar10", return_value="offline"):
+            status, _, err = run_lab("c1", "--dataset", "cifar10", "--data-path", str(root),
+                                    "--out", self.out)
+        self.assertEqual(status, 2)
+        self.assertIn("incomplete or corrupted", err)
+
+    def test_quick_chooses_small_slices_unless_given(self):
+        _, cfg, _ = cli.parse_args(["all", "--quick", "--epochs", "3"], lab.Config,
+                                      lab.EXERCISES)
+        self.assertEqual((cfg.train_size, cfg.test_size, cfg.epochs),
+                         (lab.Config.QUICK["train_size"], lab.Config.QUICK["test_size"], 3))
+
+    def test_every_option_has_help(self):
+        for action in cli.build_parser(lab.Config(), lab.EXERCISES)._actions:
+            self.assertTrue(action.help, action.option_strings)
+
+    def test_ctrl_c_keeps_finished_epochs_and_exits_130(self):
+        args = [sys.executable, str(HERE / "lab.py"), "c1", *TINY, "--epochs", "50",
+                "--no-eval", "--out", self.out]
+        process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        path = Path(self.out) / "c1.json"
+        deadline = time.time() + 120
+        while time.time() < deadline and not path.exists():
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # an impatient second Ctrl-C, during the shutdown
+        _, err = process.communicate(timeout=60)
+        self.assertEqual(process.returncode, 130, err)
+        self.assertIn("interrupted", err)
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("Exception ignored", err)
+        result = self.load("c1")
+        self.assertFalse(result["complete"])
+        self.assertGreaterEqual(len(result["epochs"]), 1)
+
+    def test_options_that_cannot_apply_are_refused(self):
+        for args, message in ((["all", "--loader", "device"], "c3 and c4 measure"),
+                              (["c2", "--checkpoint", "w.pt"], "--checkpoint is for infer"),
+                              (["c2", "--steps", "3"], "--steps is for ddp")):
+            status, _, err = run_lab(*args, "--out", self.out)
+            self.assertEqual(status, 2, err)
+            self.assertIn(message, err)
+
+
+class BoundsTest(TempDirTest):
+    def test_worker_counts_are_bounded(self):
+        for option in ("--num-workers", "--max-workers", "--best-workers"):
+            with self.subTest(option):
+                status, _, err = run_lab("c3", option, "1000", "--out", self.out)
+                one_line(self, status, err, f"{option} 1000 is more workers than is sensible")
+        _, cfg, _ = cli.parse_args(["c3", "--max-workers", str(worker_limit())],
+                                      lab.Config, lab.EXERCISES)
+        self.assertEqual(cfg.max_workers, worker_limit())
+        self.assertGreaterEqual(worker_limit(), 4 * usable_cores())
+
+    def test_sizes_are_bounded_by_memory_and_the_data_set(self):
+        status, _, err = run_lab("c2", "--dataset", "synthetic", "--train-size", "10" * 12,
+                                 "--out", self.out)
+        one_line(self, status, err, "GiB of memory to generate")
+        status, _, err = run_lab("c2", "--train-size", "1e12", "--out", self.out)
+        one_line(self, status, err, "'1e12' is not a whole number")
+        loader = data.make_loader(list(range(10)), 10**23, shuffle=True, num_workers=0)
+        self.assertEqual([len(batch) for batch in loader], [10])  # the whole set, once
+
+    def test_lr_must_be_finite(self):
+        for value in ("inf", "nan", "-inf"):
+            status, _, err = run_lab("c2", f"--lr={value}", "--out", self.out)
+            one_line(self, status, err, "must be a positive, finite number")
+
+
+class EnvironmentTest(TempDirTest):
+    def test_compile_without_a_compiler_is_one_line(self):
+        from torch._inductor import cpp_builder
+        with mock.patch.object(cpp_builder, "get_cpp_compiler", side_effect=RuntimeError("none")):
+            status, _, err = run_lab("c2", *TINY, "--compile", "--device", "cpu",
+                                     "--out", self.out)
+        one_line(self, status, err, "--compile on the CPU needs a C++ compiler")
+        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
+
+    def test_prefixes_typos_and_a_slow_amp(self):
+        _, cfg, _ = cli.parse_args(["c2", "--epoch", "2"], lab.Config, lab.EXERCISES)
+        self.assertEqual(cfg.epochs, 2)
+        status, _, err = run_lab("c2", "--epohcs", "2", "--out", self.out)
+        one_line(self, status, err, "unrecognized arguments: --epohcs")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            cli.parse_args(["c2", "--amp", "fp16", "--device", "cpu"], lab.Config, lab.EXERCISES)
+            cli.parse_args(["c2", "--amp", "bf16", "--device", "cpu"], lab.Config, lab.EXERCISES)
+        self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+        self.assertIn("warning: --amp fp16 on the CPU", err.getvalue())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,121 @@
+"""Tests for render.py: the explanations of C3 and C4 follow the numbers, synthetic data is
+named as such, the model summary's table, and the answers to Q1-Q4 as printed."""
+
+import inspect
+import io
+import unittest
+
+import data
+import lab
+import render
+import report
+from lab import count_parameters_and_gradients, model_summary, q1_conv_layers, q2_linear_input
+from render import format_summary, render_q1, render_q2, render_q3, render_q4
+from resnet import ResNet18
+from testkit import TempDirTest, config, q3_q4_results, quiet_module
+
+setUpModule = quiet_module
+
+
+class ExplanationTest(TempDirTest):
+    """What C3 and C4 say follows their numbers."""
+
+    def test_c4_explanation_follows_the_numbers(self):
+        def run(data_time, first, train_time):
+            return {"summary": {"data_time": data_time, "first_batch_time": first,
+                                "train_time": train_time,
+                                "epoch_time": data_time + train_time}}
+
+        hidden = render.explain_c4(run(2.0, 0.1, 10.0), run(0.3, 0.25, 10.0), 4)
+        self.assertIn("With 1 worker, the loop waited 2.000 s", hidden)
+        self.assertIn("Loading is not hidden", hidden)  # 1.9 s after the start: 16%
+        self.assertIn("After the start, loading is hidden", hidden)  # 0.05 s after the start
+        self.assertIn("+1.700 s is in the wait for data and +0.000 s in training", hidden)
+        self.assertIn("stayed within 5%", hidden)
+        contended = render.explain_c4(run(0.1, 0.05, 12.0), run(0.1, 0.05, 10.0), 4)
+        self.assertIn("changed by 17%", contended)
+        self.assertIn("With no workers the main process loads every batch",
+                      render.explain_c4(run(1.0, 0.1, 10.0), run(0.5, 0.01, 10.0), 0))
+
+    def test_c3_core_explanation_only_claims_what_was_timed(self):
+        point = lambda n, t, spread=0.1: {"num_workers": n, "median": t, "min": t - spread,
+                                          "max": t + spread}
+        untimed = [point(0, 5.0), point(2, 3.0)]
+        self.assertIn("No count above 2 was timed", render.explain_cores(untimed, untimed[1], 2))
+        agree = [point(0, 5.0), point(2, 3.0), point(4, 3.5)]
+        self.assertIn("The sweep agrees", render.explain_cores(agree, agree[1], 2))
+        noisy = [point(0, 5.0), point(2, 3.0, 0.5), point(4, 2.9, 0.5)]
+        self.assertIn("spreads overlap: noise", render.explain_cores(noisy, noisy[2], 2))
+        busy = [point(0, 5.0), point(2, 3.0), point(8, 2.0)]
+        self.assertIn("8 workers were still 33% faster", render.explain_cores(busy, busy[2], 2))
+
+
+class WordsTest(TempDirTest):
+    """What the lab says is true: the data named as used."""
+
+    def test_synthetic_data_is_never_called_cifar10(self):
+        _, _, info = data.load_datasets("synthetic", train_size=8, test_size=8)
+        self.assertIn("not CIFAR-10's", info["note"])
+        self.assertEqual(report.data_title(info), "synthetic CIFAR-shaped data (not CIFAR-10)")
+        self.assertEqual(report.data_title({"name": "cifar10"}), "CIFAR-10")
+        header = report.report_header(lab.Config(), {"dataset": info})
+        self.assertTrue(header.startswith("# HPML lab report: ResNet-18 on synthetic"), header)
+
+
+class TestSummaryTable(unittest.TestCase):
+
+    def test_format_summary_is_the_printed_table(self):
+        out = io.StringIO()
+        summary = model_summary(ResNet18(batch_norm=False), file=out)
+        self.assertEqual(out.getvalue(), format_summary(summary) + "\n")
+        self.assertNotIn("Conv2d-1", format_summary(summary, with_rows=False))
+
+
+class TestQ1Rendering(unittest.TestCase):
+
+    def test_rendering(self):
+        text = render_q1(q1_conv_layers(config(True)))
+        self.assertTrue(text.startswith("### Q1"))
+        self.assertIn("**20 convolutional layers** (17 3x3, 3 1x1)", text)
+        self.assertIn("Why the name says 18", text)
+        self.assertIn("17 convolutions plus 1 linear layer = 18", text)
+        self.assertIn("other 3 convolutions are the 1x1 projections", text)
+        self.assertIn("| 8 | layer2.0.shortcut.0 | 1x1 | 64 -> 128 | 2 | shortcut |", text)
+
+
+class TestQ2Rendering(unittest.TestCase):
+
+    def test_rendering(self):
+        text = render_q2(q2_linear_input(config(False)))
+        self.assertTrue(text.startswith("### Q2"))
+        self.assertIn("without BatchNorm", text)
+        self.assertIn("**512**", text)
+        self.assertIn("Why not 512x4x4 = 8,192", text)
+
+
+class TestQ3Q4Rendering(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.results = q3_q4_results()
+
+    def test_rendering_shows_the_code_that_counted(self):
+        text = render_q3(self.results[("sgd", True)])
+        self.assertTrue(text.startswith("### Q3"))
+        self.assertIn("**11,173,962 trainable parameters and 11,173,962 gradients**", text)
+        self.assertIn(inspect.getsource(count_parameters_and_gradients).rstrip(), text)
+        self.assertIn("| momentum_buffer | 62 | 11,173,962 |", text)
+        self.assertIn("SGD keeps 1 number per weight (momentum_buffer).", text)
+
+    def test_rendering_follows_the_result(self):
+        text = render_q4(self.results[("adam", False)])
+        self.assertTrue(text.startswith("### Q4"))
+        self.assertIn("11,164,362 trainable parameters", text)
+        self.assertNotIn("11,173,962", text)
+        self.assertIn("| exp_avg_sq | 22 | 11,164,362 |", text)
+        self.assertIn("keeps 2 numbers per weight (exp_avg, exp_avg_sq)", text)
+        self.assertIn("one scalar for each of the 22 parameter tensors", text)
+
+
+if __name__ == "__main__":
+    unittest.main()

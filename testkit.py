@@ -1,0 +1,105 @@
+"""Helpers shared by the test files: the quiet set-up, a temporary results folder, lab.py run
+in this process, the faults' one-line shape, tiny configurations, and the networks and answers
+that more than one test file checks."""
+
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import tempfile
+import unittest
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import lab
+from lab import Config, q3_sgd_parameters, q4_adam_parameters
+from resnet import ResNet18
+
+HERE = Path(__file__).resolve().parent
+TINY = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20",
+        "--batch-size", "16", "--epochs", "1", "--num-workers", "0"]
+CPU = torch.device("cpu")
+TOLERANCE = 1e-5  # float32 on the CPU: the ways reorder sums, they compute the same thing
+
+
+def quiet_module():
+    """Send the lab's progress lines and tables to a buffer while a test module runs, so that
+    `python -m unittest` shows only unittest's own output (it keeps the stream it started with)."""
+    quiet = contextlib.ExitStack()
+    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    unittest.addModuleCleanup(quiet.close)
+    # torch's one note when it compiles on the CPU ("No CUDA runtime is found"), logged to the
+    # stderr it found at import, past the redirection above.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def run_lab(*args):
+    """lab.main(args) in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = lab.main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
+def one_line(test, status, err, message):
+    """The fault's shape: status 2, one line on stderr naming it, no traceback."""
+    test.assertEqual(status, 2, err)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("epoch ")]
+    test.assertEqual(len(lines), 1, err)  # beside the progress of an epoch that trained
+    test.assertIn(message, err)
+    test.assertNotIn("Traceback", err)
+
+
+class TempDirTest(unittest.TestCase):
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = Path(self._tmp.name)
+        self.out = str(self.tmp / "results")
+
+    def tearDown(self):
+        self._tmp.cleanup()
+
+    def load(self, name):
+        with open(os.path.join(self.out, f"{name}.json")) as file:
+            return json.load(file)
+
+
+def tiny_config(**changes):
+    return replace(Config(dataset="synthetic", num_workers=0, batch_size=16, lr=0.01,
+                          epochs=2, test_batch_size=16), **changes)
+
+
+def config(batch_norm):
+    """What Q1-Q4 read of a configuration."""
+    return Config(batch_norm=batch_norm)
+
+
+@functools.cache
+def q3_q4_results():
+    """Q3's and Q4's answers by (optimizer, batch_norm), worked out once for the classes that
+    read them (the lab's answers and their rendering)."""
+    questions = {"sgd": q3_sgd_parameters, "adam": q4_adam_parameters}
+    return {(name, bn): question(config(bn))
+            for name, question in questions.items() for bn in (True, False)}
+
+
+def network(batch_norm):
+    """A seeded ResNet-18 in eval mode whose BatchNorm layers are far from the identity."""
+    torch.manual_seed(0)
+    model = ResNet18(batch_norm=batch_norm)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def relative_difference(outputs, expected):
+    return (outputs - expected).abs().max().item() / expected.abs().max().item()
