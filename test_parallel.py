@@ -275,7 +275,7 @@ class BadInputTest(unittest.TestCase):
 
     def test_under_torchrun(self):
         status, output, seconds = run(TORCHRUN + ["--standalone", "--nproc_per_node", "2",
-                                                  *worker_command(device="mps")])
+                                                  *worker_command(device="mps")[1:]])
         self.assertNotEqual(status, 0)
         self.assertEqual(output.count(ddp.ERROR_PREFIX + "data-parallel training runs on"), 2,
                          output)
