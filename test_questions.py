@@ -317,8 +317,8 @@ class TestQ1ConvLayers(unittest.TestCase):
 
     def test_rendering(self):
         text = render_q1(q1_conv_layers(config(True)))
-        self.assertTrue(text.startswith("### Q1"))
-        self.assertIn("**20 convolutional layers** (17 3x3, 3 1x1)", text)
+        self.assertTrue(text.startswith("**20 convolutional layers** (17 3x3, 3 1x1) in "
+                                        "ResNet-18,"))  # no heading: the title is above it
         self.assertIn("Why the name says 18", text)
         self.assertIn("17 convolutions plus 1 linear layer = 18", text)
         self.assertIn("other 3 convolutions are the 1x1 projections", text)
@@ -352,7 +352,7 @@ class TestQ2LinearInput(unittest.TestCase):
 
     def test_rendering(self):
         text = render_q2(q2_linear_input(config(False)))
-        self.assertTrue(text.startswith("### Q2"))
+        self.assertTrue(text.startswith("**512** in ResNet-18 without BatchNorm,"))
         self.assertIn("without BatchNorm", text)
         self.assertIn("**512**", text)
         self.assertIn("Why not 512x4x4 = 8,192", text)
@@ -410,7 +410,8 @@ class TestQ3Q4ParametersAndGradients(unittest.TestCase):
 
     def test_rendering_shows_the_code_that_counted(self):
         text = render_q3(self.results[("sgd", True)])
-        self.assertTrue(text.startswith("### Q3"))
+        self.assertTrue(text.startswith("**11,173,962 trainable parameters and 11,173,962 "
+                                        "gradients** in ResNet-18 with SGD:"))
         self.assertIn("**11,173,962 trainable parameters and 11,173,962 gradients**", text)
         self.assertIn(inspect.getsource(count_parameters_and_gradients).rstrip(), text)
         self.assertIn("| momentum_buffer | 62 | 11,173,962 |", text)
@@ -418,7 +419,8 @@ class TestQ3Q4ParametersAndGradients(unittest.TestCase):
 
     def test_rendering_follows_the_result(self):
         text = render_q4(self.results[("adam", False)])
-        self.assertTrue(text.startswith("### Q4"))
+        self.assertTrue(text.startswith("**11,164,362 trainable parameters and 11,164,362 "
+                                        "gradients** in ResNet-18 without BatchNorm with Adam:"))
         self.assertIn("11,164,362 trainable parameters", text)
         self.assertNotIn("11,173,962", text)
         self.assertIn("| exp_avg_sq | 22 | 11,164,362 |", text)
