@@ -200,7 +200,7 @@ def best_worker_count(cfg):
         render.notice(f"c4-c7: not using {why}")
     mismatch = None
     used = datasets_for(cfg)[2]["name"]  # the data set actually used, not --dataset's "auto"
-    slice_ = f"{cfg.train_size or 'all'} training images ({used}), batch {cfg.batch_size}"
+    slice_ = f"{cfg.train_size or 'all'} training images of {used} data, batch {cfg.batch_size}"
     if sweep and sweep["complete"]:
         mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
         if not mismatch:

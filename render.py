@@ -111,8 +111,9 @@ def explain_c1(epochs):
     first, last = good[0], good[-1]
     lines = []
     if len(good) > 1:
-        trend = "fell" if last["train_loss"] < first["train_loss"] else "did not fall"
-        lines.append(f"- The training loss {trend}, from {loss(first['train_loss'])} in epoch "
+        change = last["train_loss"] - first["train_loss"]
+        trend = "fell" if change < 0 else "rose" if change > 0 else "stayed the same,"
+        lines.append(f"- The training loss {trend} from {loss(first['train_loss'])} in epoch "
                      f"{first['epoch']} to {loss(last['train_loss'])} in epoch {last['epoch']}; "
                      f"top-1 training accuracy went from {percent(first['train_accuracy'])} to "
                      f"{percent(last['train_accuracy'])}.")

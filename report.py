@@ -176,7 +176,7 @@ def keep_earlier(name, exercise, cfg, stream):
             raise OutputError(f"cannot move {source} to {target} to keep it: "
                               f"{error.strerror or error}") from None
     show(f"(kept {path}, complete and of another configuration, as {base}.json"
-         f"{' with its chart' if len(moves) > 1 else ''})", stream)
+         f"{' with its chart' if len(moves) > 1 else ''})\n", stream)
 
 
 def settings_name(config, cfg, exercise):

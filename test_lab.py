@@ -814,13 +814,13 @@ class ExplanationsTest(unittest.TestCase):
     def test_c1_reads_the_trend_chance_and_the_test_gap(self):
         learning = self.run_of([2.0, 1.0], [30.0, 70.0], images=50_000, test=50.0)["epochs"]
         text = render.render_c1({"epochs": learning})
-        self.assertIn("The training loss fell, from 2.0000 in epoch 1 to 1.0000 in epoch 2", text)
+        self.assertIn("The training loss fell from 2.0000 in epoch 1 to 1.0000 in epoch 2", text)
         self.assertIn("20.0 points better on the images it trains on", text)
         self.assertNotIn("guessing", text)
         self.assertNotIn("a test that the code runs", text)
         stuck = self.run_of([3.5, 8.8], [9.8, 13.1], images=512, test=20.0)["epochs"]
         text = render.render_c1({"epochs": stuck})
-        self.assertIn("The training loss did not fall", text)
+        self.assertIn("The training loss rose from 3.5000 in epoch 1 to 8.8000", text)
         self.assertIn("no better than guessing yet", text)
         self.assertIn("Higher on the test set is usual early on", text)
         self.assertIn("The run saw 1,024 training images in all: a test that the code runs",
@@ -917,7 +917,7 @@ class ReportTrustTest(TempDirTest):
         best, source = lab.best_worker_count(lab.Config(train_size=32, test_size=20,
                                                         batch_size=16, out=self.out,
                                                         data_path=str(self.tmp / "data")))
-        self.assertIn("measured on 32 training images (synthetic)", source)
+        self.assertIn("measured on 32 training images of synthetic data", source)
         self.assertNotIn("of auto", source)
 
     def test_code_version_is_the_git_commit_of_a_checkout_else_the_version(self):
