@@ -323,8 +323,10 @@ def main(argv, config_class, exercises):
         notice(f"lab.py: error: the device ran out of memory: try a smaller --batch-size "
                f"than {cfg.batch_size}; every finished epoch is kept in {cfg.out}/")
         return 2
-    except KeyboardInterrupt:
-        notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")
+    except KeyboardInterrupt as stop:  # report.Interrupted says what of the run was kept
+        kept = (stop.kept if isinstance(stop, report.Interrupted)
+                else "nothing had finished; nothing of this run was saved")
+        notice(f"\ninterrupted: {kept}")
         return 130
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -201,7 +201,8 @@ def best_worker_count(cfg):
     if why:
         render.notice(f"c4-c7: not using {why}")
     mismatch = None
-    slice_ = f"{cfg.train_size or 'all'} training images of {cfg.dataset}, batch {cfg.batch_size}"
+    used = datasets_for(cfg)[2]["name"]  # the data set actually used, not --dataset's "auto"
+    slice_ = f"{cfg.train_size or 'all'} training images of {used} data, batch {cfg.batch_size}"
     if sweep and sweep["complete"]:
         mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
         if not mismatch:
@@ -564,6 +565,7 @@ class Exercise:
     render: callable               # render(result) -> Markdown
     uses_data: bool = True         # loads the lab's data set, named before it runs
     saves_progress: bool = True    # run takes save(partial) and calls it as it goes
+    saves_each: str = "epoch"      # what each save(partial) follows: Ctrl-C's line counts them
     evaluate: bool = False         # test accuracy after each epoch, unless --eval/--no-eval
     names_settings: bool = False   # trains one configuration: its header names batch, workers...
     profiles: bool = False         # --profile records its training
@@ -583,7 +585,7 @@ EXERCISES = {
                    profiles=True, data_parallel=True),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
-                   chart=render.c3_chart_png),
+                   chart=render.c3_chart_png, saves_each="worker count"),
     "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
                    render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True),
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
@@ -605,15 +607,15 @@ EXERCISES = {
                         render.render_summary, uses_data=False, saves_progress=False),
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
-                   speed.render_c8, uses_data=False, in_lab=False),
+                   speed.render_c8, uses_data=False, in_lab=False, saves_each="mode"),
     "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
-                      speed.render_bench, uses_data=False, in_lab=False),
+                      speed.render_bench, uses_data=False, in_lab=False, saves_each="table"),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
                       infer.render_infer, uses_data=False, in_lab=False,
-                      batch_sizes="infer_batch_sizes"),
+                      batch_sizes="infer_batch_sizes", saves_each="way"),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
-                    batch_sizes="ddp_batch_sizes"),
+                    batch_sizes="ddp_batch_sizes", saves_each="run"),
 }
 
 

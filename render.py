@@ -10,6 +10,7 @@ exercises beyond the lab print from their own modules (speed.py, infer.py, ddp.p
 file imports none of the project, so any module can use its formatters.
 """
 
+import math
 import sys
 
 
@@ -100,7 +101,58 @@ def render_c1(result):
     notes = [e for e in result["epochs"] if e["diverged"]]
     if notes:
         text += f"\n\nThe loss diverged (NaN or infinite) in epoch {notes[0]['epoch']}."
-    return text
+    explanation = explain_c1(result["epochs"])
+    return text + ("\n\n" + explanation if explanation else "")
+
+
+# A model that gives each of the ten classes probability 1/10 has this cross-entropy loss.
+CHANCE_LOSS = math.log(10)
+# A run that has seen fewer training images than this, in all, is a test of the code only.
+SMOKE_IMAGES = 10_000
+
+
+def explain_c1(epochs):
+    """What C1's epochs show, every figure read from them: the trend, against chance, the gap
+    between training and test accuracy, and whether the run was long enough to say anything."""
+    good = [e for e in epochs if not e["diverged"]]
+    if not good:
+        return ""
+    first, last = good[0], good[-1]
+    lines = []
+    if len(good) > 1:
+        change = last["train_loss"] - first["train_loss"]
+        trend = "fell" if change < 0 else "rose" if change > 0 else "stayed the same,"
+        lines.append(f"- The training loss {trend} from {loss(first['train_loss'])} in epoch "
+                     f"{first['epoch']} to {loss(last['train_loss'])} in epoch {last['epoch']}; "
+                     f"top-1 training accuracy went from {percent(first['train_accuracy'])} to "
+                     f"{percent(last['train_accuracy'])}.")
+    if last["train_loss"] >= CHANCE_LOSS:
+        lines.append(f"- A model that guesses the ten classes evenly has loss ln 10 = "
+                     f"{CHANCE_LOSS:.3f} and 10% accuracy: at loss {loss(last['train_loss'])} "
+                     "this one is no better than guessing yet.")
+    if last["test_accuracy"] is not None:
+        lines.append(explain_test_gap(last))
+    seen = sum(e["images"] for e in epochs)
+    if seen < SMOKE_IMAGES:
+        lines.append(f"- The run saw {seen:,} training images in all: a test that the code "
+                     "runs, not a result to interpret.")
+    return "\n".join(lines)
+
+
+def explain_test_gap(epoch):
+    """One line on the last epoch's test accuracy against its training accuracy."""
+    train, test = epoch["train_accuracy"], epoch["test_accuracy"]
+    line = (f"- In epoch {epoch['epoch']} the test accuracy is {percent(test)} against "
+            f"{percent(train)} on the training images. ")
+    if train - test > 10:
+        return line + (f"The model does {train - test:.1f} points better on the images it "
+                       "trains on than on new ones: it is starting to overfit.")
+    if test - train > 2:
+        return line + ("Higher on the test set is usual early on: the training accuracy is "
+                       "averaged over the epoch, while the weights were still improving, on "
+                       "randomly cropped and flipped images; the test accuracy is measured at "
+                       "the epoch's end on plain ones.")
+    return line + "The two are close: no sign of overfitting yet."
 
 
 def render_c2(result):
@@ -326,29 +378,87 @@ def render_c5(result):
 
 
 def render_c6(result):
+    runs = result["runs"]
+    diverged = any(run["summary"]["diverged_at"] for run in runs.values())
+    extra = ["diverged"] if diverged else []  # a column only when some run diverged
     rows, epoch_rows = [], []
-    for name, run in result["runs"].items():
+    for name, run in runs.items():
         s = run["summary"]
-        status = f"diverged in epoch {s['diverged_at']}" if s["diverged_at"] else ""
+        status = [f"in epoch {s['diverged_at']}" if s["diverged_at"] else ""] if diverged else []
         rows.append([name, seconds(s["train_time"]), loss(s["train_loss"]),
                      percent(s["train_accuracy"]), loss(s["final_train_loss"]),
-                     percent(s["final_train_accuracy"]), status])
+                     percent(s["final_train_accuracy"]), *status])
         for e in run["epochs"]:
+            mark = ["yes" if e["diverged"] else ""] if diverged else []
             epoch_rows.append([name, e["epoch"], seconds(e["train_time"]), loss(e["train_loss"]),
-                               percent(e["train_accuracy"]), "diverged" if e["diverged"] else ""])
+                               percent(e["train_accuracy"]), *mark])
     text = markdown_table(["optimizer", "mean train (s)", "mean loss", "mean top-1",
-                           "last loss", "last top-1", ""], rows, align="lrrrrrl")
+                           "last loss", "last top-1", *extra], rows,
+                          align="lrrrrr" + "l" * len(extra))
     text += "\n\nPer epoch:\n\n" + markdown_table(
-        ["optimizer", "epoch", "train (s)", "loss", "top-1", ""], epoch_rows, align="lrrrrl")
+        ["optimizer", "epoch", "train (s)", "loss", "top-1", *extra], epoch_rows,
+        align="lrrrr" + "l" * len(extra))
     fingerprints = sorted({run["model"]["initial_weights_sha256"]
-                           for run in result["runs"].values() if run["model"]})
+                           for run in runs.values() if run["model"]})
     text += "\n\n" + (
         f"All runs start from the same initial weights (SHA-256 prefix {fingerprints[0]})"
         if len(fingerprints) == 1 else
         f"The runs did NOT start from the same weights: {', '.join(fingerprints)}")
     text += (f"; all see the same data order (seed {result['seed']}); lr {result['lr']} and "
              "weight decay 5e-4 for all, momentum 0.9 for the two SGDs.")
-    return text
+    return text + "\n\n" + explain_c6(runs, result["lr"])
+
+
+# The learning rates these optimizers are usually given, where lr is the size of a step.
+USUAL_LR = {"adam": 1e-3, "adagrad": 1e-2}
+
+
+def explain_c6(runs, lr):
+    """Which optimizers diverged, stalled or learned at the one lr they share, from their runs,
+    and why one lr cannot suit all five."""
+    verdict, texts = {}, {}
+    for name, run in runs.items():
+        epochs, s = run["epochs"], run["summary"]
+        if s["diverged_at"]:
+            verdict[name], texts[name] = "diverged", f"{name} (in epoch {s['diverged_at']})"
+        elif epochs:
+            first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]
+            stuck = last >= CHANCE_LOSS or (len(epochs) > 1 and last >= first)
+            verdict[name], texts[name] = ("stalled" if stuck else "learned",
+                                          f"{name} (last loss {loss(last)})")
+    meaning = {"diverged": "the loss became NaN or infinite and the run stopped",
+               "stalled": "the last epoch's loss is no lower than the first's, or no better "
+                          f"than guessing (ln 10 = {CHANCE_LOSS:.3f})",
+               "learned": "the loss fell, and below guessing"}
+    lines = []
+    for kind in meaning:
+        names = [texts[name] for name in verdict if verdict[name] == kind]
+        if names:
+            lines.append(f"- {kind.capitalize()} at lr {lr}: {', '.join(names)}: {meaning[kind]}.")
+    lines.append(explain_shared_lr(lr, [name for name in USUAL_LR
+                                        if verdict.get(name) in ("diverged", "stalled")]))
+    seen = [sum(e["images"] for e in run["epochs"]) for run in runs.values() if run["epochs"]]
+    if seen and max(seen) < SMOKE_IMAGES:
+        lines.append(f"- Each run saw at most {max(seen):,} training images: a test that the "
+                     "code runs; these verdicts need full epochs.")
+    return "\n".join(lines)
+
+
+def explain_shared_lr(lr, trapped):
+    """Why one lr cannot suit all five; `trapped`: Adam or Adagrad, where they did not learn."""
+    line = ("- One lr cannot suit all five. SGD's step is lr times the gradient, and the lab's "
+            "lr of 0.1 is SGD's. Adam and Adagrad divide each step by a running measure of the "
+            "gradients' size, so their lr is roughly how far every weight moves per step; "
+            "Adadelta sizes its own steps (its lr is a multiplier, 1.0 by default). ")
+    if all(lr >= 3 * usual for usual in USUAL_LR.values()):
+        ratios = " and ".join(f"{lr / usual:g}x {name}'s usual {usual:g}"
+                              for name, usual in USUAL_LR.items())
+        line += (f"lr {lr} is {ratios}: a known trap"
+                 + (f", and {' and '.join(trapped)} fell into it here." if trapped else "."))
+    else:
+        line += f"At lr {lr}, below SGD's 0.1, SGD's steps are smaller than the lab's."
+    return line + (" To compare the optimizers fairly, give each its usual lr, e.g. "
+                   "`python lab.py c1 --optimizer adam --lr 0.001`.")
 
 
 def render_c7(result):
@@ -426,11 +536,9 @@ def variant(result):
 
 def render_q1(result):
     kernels = ", ".join(f"{count} {kernel}" for kernel, count in result["by_kernel"].items())
-    lines = [
-        f"### Q1. Convolutional layers in {variant(result)}",
-        "",
-        f"**{result['conv_layers']} convolutional layers** ({kernels}), counted as the "
-        "`nn.Conv2d` modules in `model.named_modules()`.",
+    lines = [  # no heading of its own: the exercise's title is printed above it
+        f"**{result['conv_layers']} convolutional layers** ({kernels}) in {variant(result)}, "
+        "counted as the `nn.Conv2d` modules in `model.named_modules()`.",
         "",
         "| # | layer | kernel | channels | stride | path |",
         "|---|---|---|---|---|---|",
@@ -455,10 +563,9 @@ def render_q2(result):
     shapes = [(f"{result['last_conv']} output", result["last_feature_map_shape"]),
               (f"{result['linear_layer']} input", result["measured_input_shape"])]
     label_width = max(len(label) for label, _ in shapes)
-    lines = [
-        f"### Q2. Input dimension of the last linear layer in {variant(result)}",
-        "",
-        f"**{result['input_dimension']}**, measured by a forward pass of {n} images: the input "
+    lines = [  # no heading of its own: the exercise's title is printed above it
+        f"**{result['input_dimension']}** in {variant(result)}, measured by a forward pass of "
+        f"{n} images: the input "
         f"of `{result['linear_layer']}` has shape {tuple(result['measured_input_shape'])} "
         f"(built as `nn.Linear({result['in_features']}, ...)`).",
         "",
@@ -475,7 +582,7 @@ def render_q2(result):
     return "\n".join(lines)
 
 
-def render_optimizer_counts(result, question):
+def render_optimizer_counts(result):
     """Q3 and Q4 read the same: the counts, the code that made them, the optimizer's state."""
     name, state = result["optimizer"], result["optimizer_state"]
     trainable = result["trainable_parameters"]
@@ -483,10 +590,9 @@ def render_optimizer_counts(result, question):
     counters = [key for key in state if key not in per_weight]
     settings = ", ".join(f"{key}={value}" for key, value in result["settings"].items())
     code = result["code"]  # the source of the functions that counted, saved with the answer
-    lines = [
-        f"### {question}. Trainable parameters and gradients with {name} ({variant(result)})",
-        "",
-        f"**{trainable:,} trainable parameters and {result['gradients']:,} gradients**: one "
+    lines = [  # no heading of its own: the exercise's title is printed above it
+        f"**{trainable:,} trainable parameters and {result['gradients']:,} gradients** in "
+        f"{variant(result)} with {name}: one "
         f"gradient per trainable parameter, held in {result['gradient_tensors']} `.grad` tensors "
         f"for {result['parameter_tensors']} parameter tensors. `model_summary` agrees: "
         f"{result['summary_totals']['trainable_params']:,} trainable params.",
@@ -520,11 +626,11 @@ def render_optimizer_counts(result, question):
 
 
 def render_q3(result):
-    return render_optimizer_counts(result, "Q3")
+    return render_optimizer_counts(result)
 
 
 def render_q4(result):
-    return render_optimizer_counts(result, "Q4")
+    return render_optimizer_counts(result)
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,18 +3,22 @@
     python lab.py all --quick      # every exercise in order; REPORT.md after each one
 
 `run_exercise` runs one exercise and writes `<out>/<name>.json` atomically after every step it
-reports, so Ctrl-C keeps what finished; `run_all` runs the lab in the assignment's order,
-skipping what is already complete for the same configuration; `write_report` rebuilds
-REPORT.md from whatever results files are there.
+reports, so Ctrl-C keeps what finished; a complete file of another configuration is first moved
+aside (`keep_earlier`), so no run loses another's results. `run_all` runs the lab in the
+assignment's order, skipping what is already complete for the same configuration;
+`write_report` rebuilds REPORT.md from whatever results files are there.
 """
 
 import contextlib
 import datetime
 import errno
+import functools
+import hashlib
 import json
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -31,11 +35,15 @@ try:
 except ImportError:  # Windows: no advisory locks; two runs there must not share a folder
     fcntl = None
 
+# The project's version, recorded in every results file when the code is not a git checkout.
+__version__ = "2026.11"
+
 
 def run_exercise(name, exercise, cfg, stream=None):
     """Run one exercise, saving `<out>/<name>.json` after each step; print its tables.
 
-    Under torchrun every rank runs the exercise, but only rank 0 prints and writes.
+    Under torchrun every rank runs the exercise, but only rank 0 prints and writes. Ctrl-C
+    raises Interrupted, which says what of the run was kept.
     """
     world = current_world()
     if world is not None and not world.is_main:
@@ -44,6 +52,27 @@ def run_exercise(name, exercise, cfg, stream=None):
     path = os.path.join(cfg.out, f"{name}.json")
     if os.path.isdir(path):  # found now, not when the first epoch is to be saved
         raise OutputError(f"{path} is a folder, so {name}'s results cannot be saved; move it away")
+    save = Saving(path, results_header(name, exercise, cfg, world))
+    show(f"\n## {exercise.title}\n", stream)
+    if exercise.uses_data:
+        show(describe_run(save.header, exercise.names_settings) + "\n", stream)
+    keep_earlier(name, exercise, cfg, stream)
+    try:
+        answer = exercise.run(cfg, save) if exercise.saves_progress else exercise.run(cfg)
+        result = save({**answer, "complete": True,
+                       "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    except KeyboardInterrupt:
+        raise Interrupted(save.kept(name, exercise)) from None
+    try:
+        show_result(name, exercise, cfg, result, stream)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{name} had finished; {path} is complete") from None
+    return result
+
+
+def results_header(name, exercise, cfg, world):
+    """What every results file starts with: the exercise, the configuration as asked, the data
+    set actually used, the device and the versions of torch and of this code."""
     info = datasets_for(cfg)[2] if exercise.uses_data else None
     header = {
         "exercise": name,
@@ -51,33 +80,144 @@ def run_exercise(name, exercise, cfg, stream=None):
         "complete": False,
         "config": asdict(cfg),
         "dataset": info,
+        "dataset_used": None,  # filled in by Saving from `dataset`, which a run may bring
         "device": {"type": cfg.device, "name": device_name(cfg.device)},
         "torch_version": torch.__version__,
+        "code_version": code_version(),
         "started": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     if world is not None:
         header["distributed"] = world_facts(world, cfg.batch_size, cfg.sync_bn)
-    show(f"\n## {exercise.title}\n", stream)
-    if exercise.uses_data:
-        show(describe_run(header, exercise.names_settings) + "\n", stream)
+    return header
 
-    def save(partial):
-        write_json(path, {**header, **partial})
 
-    answer = exercise.run(cfg, save) if exercise.saves_progress else exercise.run(cfg)
-    result = {**header, **answer, "complete": True,
-              "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    write_json(path, result)
+class Saving:
+    """save(partial): writes the header and `partial` to the results file; it remembers what
+    it wrote, so that Ctrl-C can say what was kept."""
+
+    def __init__(self, path, header):
+        self.path, self.header = path, header
+        self.steps, self.last = 0, None
+
+    def __call__(self, partial):
+        data = {**self.header, **partial}
+        # `config.dataset` is what was asked for ("auto"); this is the data set that was used.
+        data["dataset_used"] = (data.get("dataset") or {}).get("name")
+        write_json(self.path, data)
+        self.steps, self.last = self.steps + 1, data
+        return data
+
+    def kept(self, name, exercise):
+        """What of an interrupted run is in its results file, in words."""
+        if self.steps == 0:
+            first = f"its first {exercise.saves_each}" if exercise.saves_progress else ""
+            return f"{name} had not finished {first or 'yet'}; nothing of it was saved"
+        if exercise.saves_each != "epoch":
+            steps = plural(self.steps, exercise.saves_each)
+            return f"{name} had finished {steps}, kept in {self.path}"
+        runs = self.last.get("runs")
+        counts = ({key: len(run["epochs"]) for key, run in runs.items()}
+                  if isinstance(runs, dict) else {})
+        total = sum(counts.values()) if counts else len(self.last.get("epochs", []))
+        detail = (" (" + ", ".join(f"{key} {count}" for key, count in counts.items()) + ")"
+                  if len(counts) > 1 else "")
+        return f"{name} had finished {plural(total, 'epoch')}{detail}, kept in {self.path}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; `kept` says what of it is saved, for the line cli.main prints."""
+
+    def __init__(self, kept):
+        super().__init__(kept)
+        self.kept = kept
+
+
+def show_result(name, exercise, cfg, result, stream):
+    """Print a finished run's tables, save its chart, and say where everything went."""
+    path = os.path.join(cfg.out, f"{name}.json")
     if not exercise.uses_data:  # now that the run has said which data, if any, it used
         show(describe_run(result, exercise.names_settings) + "\n", stream)
     show(exercise.render(result), stream)
-    saved = [path]
+    saved, note = [path], ""
     if exercise.chart is not None:
         chart_path = os.path.join(cfg.out, f"{name}.png")
         if exercise.chart(result, chart_path):
             saved.append(chart_path)
-    show(f"\n(saved to {', '.join(saved)})", stream)
-    return result
+        else:
+            note = "; no chart: it needs matplotlib (pip install matplotlib)"
+    show(f"\n(saved to {', '.join(saved)}{note})", stream)
+
+
+def keep_earlier(name, exercise, cfg, stream):
+    """Move `<out>/<name>.json` out of this run's way when it is complete and of another
+    configuration, and say so in one line: no run loses another configuration's results.
+
+    It becomes `<out>/<name>.<settings>.json` (its chart `<name>.<settings>.png`), where
+    <settings> names what its configuration set differently from the defaults
+    (`c3.max-workers-4.repeats-1.json`, `c3.quick.json`); a name already taken gets a number.
+    A file of this same configuration, or one that is incomplete or does not fit, is replaced.
+    """
+    path = os.path.join(cfg.out, f"{name}.json")
+    saved, _ = read_result(path, name, exercise.render)
+    if saved is None or not saved["complete"] or same_configuration(saved["config"], cfg):
+        return
+    base = os.path.join(cfg.out, f"{name}.{settings_name(saved['config'], cfg, exercise)}")
+    number = 1
+    while os.path.lexists(f"{base}{'' if number == 1 else f'.{number}'}.json"):
+        number += 1
+    base += "" if number == 1 else f".{number}"
+    moves = [(path, f"{base}.json")]
+    if exercise.chart is not None and os.path.isfile(os.path.join(cfg.out, f"{name}.png")):
+        moves.append((os.path.join(cfg.out, f"{name}.png"), f"{base}.png"))
+    for source, target in moves:
+        try:
+            os.replace(source, target)
+        except OSError as error:
+            raise OutputError(f"cannot move {source} to {target} to keep it: "
+                              f"{error.strerror or error}") from None
+    show(f"(kept {path}, complete and of another configuration, as {base}.json"
+         f"{' with its chart' if len(moves) > 1 else ''})\n", stream)
+
+
+def settings_name(config, cfg, exercise):
+    """What a saved configuration set differently from the defaults, as a file name:
+    "max-workers-4.repeats-1", "quick" (the --quick slices), "defaults"."""
+    defaults = as_saved(replace(type(cfg)(), evaluate=exercise.evaluate))
+    quick = type(cfg).QUICK if config.get("quick") else {}
+    parts = ["quick"] if quick else []
+    for key, value in config.items():
+        if key in ("out", "quick") or value == defaults.get(key) or quick.get(key) == value:
+            continue
+        option = key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(option if value else f"no-{option}")
+        else:
+            text = "-".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"{option}-{text}")
+    name = re.sub(r"[^A-Za-z0-9.+-]+", "_", ".".join(parts)) or "defaults"
+    if len(name) > 120:  # a long --data-path, say: cut, with a digest that keeps names apart
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        name = f"{name[:110]}.{digest}"
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(folder=os.path.dirname(os.path.abspath(__file__))):
+    """The version of the code in `folder`: its git commit (and whether tracked files differ
+    from it) when it is a git checkout, and the project's __version__ in any case."""
+    version = {"git_commit": None, "local_changes": None, "version": __version__}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            version["git_commit"] = commit.stdout.strip()
+            changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                     cwd=folder, capture_output=True, text=True, timeout=10)
+            if changes.returncode == 0:
+                version["local_changes"] = bool(changes.stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git, or it hangs: the version alone
+        pass
+    return version
 
 
 def show(text, stream):
@@ -144,9 +284,13 @@ def finished_result(name, cfg, exercise=None):
         notice(f"{name}: not finished: {why}; running it again")
     if saved is None or not saved["complete"]:
         return None
+    return saved if same_configuration(saved["config"], cfg) else None
+
+
+def same_configuration(config, cfg):
+    """A saved configuration (a dict) is cfg's, `out` aside."""
     here = {key: value for key, value in as_saved(cfg).items() if key != "out"}
-    there = {key: value for key, value in saved["config"].items() if key != "out"}
-    return saved if here == there else None
+    return here == {key: value for key, value in config.items() if key != "out"}
 
 
 def as_saved(cfg):
@@ -162,6 +306,7 @@ def run_all(cfg, exercises, force=False, stream=None):
     exercise and when interrupted, so it always covers what finished.
     """
     stream = stream or sys.stdout
+    complete, name = [], None
     try:
         for name, exercise in exercises.items():
             if not exercise.in_lab:
@@ -173,7 +318,13 @@ def run_all(cfg, exercises, force=False, stream=None):
                      "skipped (--force reruns it)", stream)
             else:
                 run_exercise(name, exercise, each, stream)
+            complete.append(name)
+            if result is None:
                 write_report(cfg, exercises)
+    except KeyboardInterrupt as stop:
+        now = stop.kept if isinstance(stop, Interrupted) else f"{name} had not started"
+        done = f"{', '.join(complete)} complete in {cfg.out}/; " if complete else ""
+        raise Interrupted(done + now) from None
     finally:
         path = write_report(cfg, exercises)
         show(f"\nlab report: {path}", stream)
@@ -188,6 +339,7 @@ def write_report(cfg, exercises):
     """
     sections = []
     first = None
+    sliced = {}  # the exercises that read a slice of the data: their training images
     for name, exercise in exercises.items():
         saved, why = read_result(os.path.join(cfg.out, f"{name}.json"), name, exercise.render)
         if saved is None and why is None and not exercise.in_lab:
@@ -197,6 +349,8 @@ def write_report(cfg, exercises):
             sections.append(f"Not shown: {why}.\n" if why else "Not run.\n")
             continue
         first = first or saved
+        if saved.get("dataset") and saved["config"].get("train_size") is not None:
+            sliced[name] = saved["config"]["train_size"]
         if not saved.get("complete"):
             sections.append("*Interrupted: this section shows what finished before the stop.*\n")
         sections.append(f"*{describe_run(saved, exercise.names_settings)}*\n")
@@ -207,12 +361,13 @@ def write_report(cfg, exercises):
         if exercise.chart is not None and os.path.exists(os.path.join(cfg.out, f"{name}.png")):
             sections.append(f"![{name} chart]({name}.png)\n")
     path = os.path.join(cfg.out, "REPORT.md")
-    write_text(path, report_header(cfg, first) + "\n".join(sections))
+    write_text(path, report_header(cfg, first, sliced) + "\n".join(sections))
     return path
 
 
-def report_header(cfg, sample):
-    """The report's title and set-up: data, slices, machine and versions."""
+def report_header(cfg, sample, sliced=None):
+    """The report's title, a warning when runs read a slice of the data (`sliced`: name ->
+    training images), and the set-up: data, slices, machine and versions."""
     gpu, gpu_name = gpu_device()
     info = (sample or {}).get("dataset") or {}
     rows = [
@@ -232,10 +387,22 @@ def report_header(cfg, sample):
         ["seed", cfg.seed],
     ]
     return (f"# HPML lab report: ResNet-18 on {data_title(info)}\n\n"
+            + smoke_test_banner(sliced or {}) +
             "Every figure below was measured by this project and read from the results files "
             "beside this report; the line under each heading names the data, the device and "
             "the settings of that run.\n\n"
             + markdown_table(["", ""], rows, align="ll") + "\n\n")
+
+
+def smoke_test_banner(sliced):
+    """The warning at the top of a report whose runs read a slice of the training set."""
+    if not sliced:
+        return ""
+    sizes = " or ".join(str(size) for size in sorted(set(sliced.values())))
+    return ("> **A smoke test: these figures teach nothing about CIFAR-10.** "
+            f"{', '.join(sliced)} ran on a slice of {sizes} training images (--quick or "
+            "--train-size): enough to show that the code runs, far too little to show what "
+            "the lab asks about. Run without --quick and --train-size for the lab's figures.\n\n")
 
 
 def data_title(info):

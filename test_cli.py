@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import unittest
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -17,6 +18,7 @@ import torch
 import cli
 import data
 import lab
+import report
 from machine import usable_cores, worker_limit
 from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
 
@@ -155,3 +157,56 @@ class EnvironmentTest(TempDirTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CtrlCLineTest(TempDirTest):
+    """cli.main: Ctrl-C's line says what of the run was kept, or that nothing had finished."""
+
+    def run_stopped(self, name, run, *args):
+        exercises = {name: replace(lab.EXERCISES[name], run=run)}
+        with mock.patch.dict(lab.EXERCISES, exercises):
+            return run_lab(name, *TINY, *args, "--out", self.out)
+
+    def test_after_a_finished_epoch(self):
+        def stop_after_the_first_epoch(cfg, save):
+            def save_and_stop(partial):
+                save(partial)
+                raise KeyboardInterrupt
+            return lab.c1_training(cfg, save_and_stop)
+
+        status, _, err = self.run_stopped("c1", stop_after_the_first_epoch, "--epochs", "3")
+        self.assertEqual(status, 130, err)
+        path = os.path.join(self.out, "c1.json")
+        self.assertEqual(err.strip().splitlines()[-1],
+                         f"interrupted: c1 had finished 1 epoch, kept in {path}")
+        self.assertEqual(len(self.load("c1")["epochs"]), 1)
+
+    def test_before_any_epoch_finished(self):
+        def stop_at_once(cfg, save):
+            raise KeyboardInterrupt
+
+        status, _, err = self.run_stopped("c1", stop_at_once)
+        self.assertEqual(status, 130, err)
+        self.assertEqual(err.strip().splitlines()[-1],
+                         "interrupted: c1 had not finished its first epoch; nothing of it was "
+                         "saved")
+        self.assertFalse(os.path.exists(os.path.join(self.out, "c1.json")))
+
+    def test_epochs_of_several_runs_and_of_all(self):
+        save = report.Saving(os.path.join(self.out, "c6.json"), {})
+        os.makedirs(self.out)
+        save({"runs": {"sgd": {"epochs": [{}, {}]}, "adam": {"epochs": [{}]}}})
+        self.assertEqual(save.kept("c6", lab.EXERCISES["c6"]),
+                         f"c6 had finished 3 epochs (sgd 2, adam 1), kept in {save.path}")
+
+        def stop_at_once(cfg):
+            raise KeyboardInterrupt
+
+        exercises = {"q1": lab.EXERCISES["q1"],
+                     "q2": replace(lab.EXERCISES["q2"], run=stop_at_once)}
+        with mock.patch.dict(lab.EXERCISES, exercises, clear=True):
+            status, _, err = run_lab("all", "--out", self.out)
+        self.assertEqual(status, 130, err)
+        self.assertEqual(err.strip().splitlines()[-1],
+                         f"interrupted: q1 complete in {self.out}/; q2 had not finished yet; "
+                         "nothing of it was saved")

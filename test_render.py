@@ -75,8 +75,8 @@ class TestQ1Rendering(unittest.TestCase):
 
     def test_rendering(self):
         text = render_q1(q1_conv_layers(config(True)))
-        self.assertTrue(text.startswith("### Q1"))
-        self.assertIn("**20 convolutional layers** (17 3x3, 3 1x1)", text)
+        self.assertTrue(text.startswith("**20 convolutional layers** (17 3x3, 3 1x1) in "
+                                        "ResNet-18,"))  # no heading: the title is above it
         self.assertIn("Why the name says 18", text)
         self.assertIn("17 convolutions plus 1 linear layer = 18", text)
         self.assertIn("other 3 convolutions are the 1x1 projections", text)
@@ -87,7 +87,7 @@ class TestQ2Rendering(unittest.TestCase):
 
     def test_rendering(self):
         text = render_q2(q2_linear_input(config(False)))
-        self.assertTrue(text.startswith("### Q2"))
+        self.assertTrue(text.startswith("**512** in ResNet-18 without BatchNorm,"))
         self.assertIn("without BatchNorm", text)
         self.assertIn("**512**", text)
         self.assertIn("Why not 512x4x4 = 8,192", text)
@@ -101,7 +101,8 @@ class TestQ3Q4Rendering(unittest.TestCase):
 
     def test_rendering_shows_the_code_that_counted(self):
         text = render_q3(self.results[("sgd", True)])
-        self.assertTrue(text.startswith("### Q3"))
+        self.assertTrue(text.startswith("**11,173,962 trainable parameters and 11,173,962 "
+                                        "gradients** in ResNet-18 with SGD:"))
         self.assertIn("**11,173,962 trainable parameters and 11,173,962 gradients**", text)
         self.assertIn(inspect.getsource(count_parameters_and_gradients).rstrip(), text)
         self.assertIn("| momentum_buffer | 62 | 11,173,962 |", text)
@@ -109,7 +110,8 @@ class TestQ3Q4Rendering(unittest.TestCase):
 
     def test_rendering_follows_the_result(self):
         text = render_q4(self.results[("adam", False)])
-        self.assertTrue(text.startswith("### Q4"))
+        self.assertTrue(text.startswith("**11,164,362 trainable parameters and 11,164,362 "
+                                        "gradients** in ResNet-18 without BatchNorm with Adam:"))
         self.assertIn("11,164,362 trainable parameters", text)
         self.assertNotIn("11,173,962", text)
         self.assertIn("| exp_avg_sq | 22 | 11,164,362 |", text)
@@ -119,3 +121,60 @@ class TestQ3Q4Rendering(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ExplanationsTest(unittest.TestCase):
+    """render.py: C1's and C6's explanations follow the numbers."""
+
+    @staticmethod
+    def run_of(losses, accuracies, images=32, diverged_at=None, test=None):
+        epochs = [{"epoch": i, "train_loss": loss, "train_accuracy": accuracy,
+                   "test_accuracy": test, "train_time": 1.0, "epoch_time": 1.0,
+                   "images": images, "diverged": i == diverged_at}
+                  for i, (loss, accuracy) in enumerate(zip(losses, accuracies), 1)]
+        summary = {"diverged_at": diverged_at, "train_time": 1.0, "train_loss": losses[0],
+                   "train_accuracy": accuracies[0], "final_train_loss": losses[-1],
+                   "final_train_accuracy": accuracies[-1]}
+        return {"epochs": epochs, "summary": summary, "model": {"initial_weights_sha256": "ab"}}
+
+    def test_c6_names_what_diverged_stalled_and_learned_at_the_shared_lr(self):
+        runs = {"sgd": self.run_of([2.0, 1.2], [30.0, 55.0], images=50_000),
+                "nesterov": self.run_of([2.0, 1.1], [30.0, 58.0], images=50_000),
+                "adagrad": self.run_of([18.4, 9.0], [9.0, 10.0], images=50_000),
+                "adadelta": self.run_of([2.1, 2.2], [20.0, 19.0], images=50_000),
+                "adam": self.run_of([float("nan")], [10.0], images=50_000, diverged_at=1)}
+        text = render.render_c6({"runs": runs, "lr": 0.1, "seed": 0})
+        self.assertIn("- Diverged at lr 0.1: adam (in epoch 1)", text)
+        self.assertIn("- Stalled at lr 0.1: adagrad (last loss 9.0000), adadelta (last loss "
+                      "2.2000)", text)
+        self.assertIn("- Learned at lr 0.1: sgd (last loss 1.2000), nesterov", text)
+        self.assertIn("100x adam's usual 0.001 and 10x adagrad's usual 0.01: a known trap, "
+                      "and adam and adagrad fell into it here", text)
+        self.assertIn("| last top-1 | diverged ", text)
+        self.assertNotIn("a test that the code runs", text)  # full epochs
+
+    def test_c6_tables_have_no_empty_column_and_small_runs_are_called_so(self):
+        runs = {name: self.run_of([2.4, 2.35], [10.0, 11.0]) for name in ("sgd", "adam")}
+        text = render.render_c6({"runs": runs, "lr": 0.001, "seed": 0})
+        for line in text.splitlines():
+            if line.startswith("|"):
+                self.assertNotRegex(line, r"\|\s*\|$", line)  # no unnamed, empty last cell
+        self.assertIn("- Stalled at lr 0.001: sgd", text)
+        self.assertIn("At lr 0.001, below SGD's 0.1", text)
+        self.assertNotIn("known trap", text)
+        self.assertIn("Each run saw at most 64 training images", text)
+
+    def test_c1_reads_the_trend_chance_and_the_test_gap(self):
+        learning = self.run_of([2.0, 1.0], [30.0, 70.0], images=50_000, test=50.0)["epochs"]
+        text = render.render_c1({"epochs": learning})
+        self.assertIn("The training loss fell from 2.0000 in epoch 1 to 1.0000 in epoch 2", text)
+        self.assertIn("20.0 points better on the images it trains on", text)
+        self.assertNotIn("guessing", text)
+        self.assertNotIn("a test that the code runs", text)
+        stuck = self.run_of([3.5, 8.8], [9.8, 13.1], images=512, test=20.0)["epochs"]
+        text = render.render_c1({"epochs": stuck})
+        self.assertIn("The training loss rose from 3.5000 in epoch 1 to 8.8000", text)
+        self.assertIn("no better than guessing yet", text)
+        self.assertIn("Higher on the test set is usual early on", text)
+        self.assertIn("The run saw 1,024 training images in all: a test that the code runs",
+                      text)

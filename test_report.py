@@ -10,11 +10,13 @@ import errno
 import io
 import json
 import os
+import subprocess
 import unittest
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
+import data
 import lab
 import render
 import report
@@ -224,15 +226,17 @@ class ReportTest(TempDirTest):
         c4 = self.load("c4")
         self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
         # The oracle: every key the results files had before the layout change is still there;
-        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count and
-        # each epoch's last step.
+        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count,
+        # each epoch's last step, the data set used and the code's version.
         expected = json.loads((HERE / "test_results_keys.json").read_text())
         for name, keys in expected.items():
             found = flat_keys(self.load(name))
             self.assertEqual(set(keys) - found, set(), name)
             added = {key for key in found - set(keys) if not key.startswith("/config/")
-                     and not key.endswith("/last_train_time")}
-            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source"}, name)
+                     and not key.endswith("/last_train_time")
+                     and not key.startswith("/code_version")}
+            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source",
+                                         "/dataset_used", "/code_version"}, name)
 
     def test_a_negative_communication_time_is_not_a_broken_file(self):
         self.assertIsNone(report.MEASURE.match("communication_time"))  # a difference: may be < 0
@@ -241,3 +245,124 @@ class ReportTest(TempDirTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+
+SWEEP = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20", "--batch-size",
+         "16", "--max-workers", "0", "--repeats", "1"]
+
+
+class ReportTrustTest(TempDirTest):
+    """report.py: no run loses another configuration's results; REPORT.md warns about slices;
+    every results file names the data set used and the code's version."""
+
+    def test_all_quick_keeps_a_complete_sweep_of_another_configuration(self):
+        def chart(result, path):  # as with matplotlib: a PNG beside the results file
+            Path(path).write_bytes(b"png")
+            return True
+
+        c3 = lab.EXERCISES["c3"]
+        with mock.patch.dict(lab.EXERCISES, {"c3": replace(c3, chart=chart)}):
+            status, _, err = run_lab("c3", *SWEEP, "--out", self.out)
+        self.assertEqual(status, 0, err)
+        first = self.load("c3")
+        # `all --quick` as it runs C3 (the rest plays no part), without matplotlib this time.
+        only_c3 = {"c3": replace(c3, chart=lambda result, path: False)}
+        with mock.patch.dict(lab.EXERCISES, only_c3, clear=True):
+            status, out, err = run_lab("all", "--quick", *SWEEP, "--out", self.out)
+        self.assertEqual(status, 0, err)
+        kept = [line for line in out.splitlines() if line.startswith("(kept ")]
+        self.assertEqual(len(kept), 1, out)
+        self.assertTrue(kept[0].endswith(" with its chart)"), kept[0])
+        path = kept[0].split(" as ")[1].split(" with ")[0]
+        self.assertEqual(os.path.dirname(path), self.out)
+        self.assertTrue(os.path.basename(path).startswith("c3."), path)
+        self.assertIn(".max-workers-0.repeats-1", path)  # the name says which configuration
+        with open(path) as file:
+            self.assertEqual(json.load(file), first)  # the first sweep, whole
+        self.assertEqual(Path(path[:-len(".json")] + ".png").read_bytes(), b"png")
+        self.assertTrue(self.load("c3")["config"]["quick"])
+        self.assertIn("no chart: it needs matplotlib (pip install matplotlib)", out)
+        # The same configuration again is complete: skipped, nothing more moved aside.
+        with mock.patch.dict(lab.EXERCISES, only_c3, clear=True):
+            status, out, err = run_lab("all", "--quick", *SWEEP, "--out", self.out)
+        self.assertNotIn("(kept ", out)
+        self.assertEqual(sorted(os.listdir(self.out)),
+                         sorted([".lock", "REPORT.md", "c3.json", os.path.basename(path),
+                                 os.path.basename(path)[:-len(".json")] + ".png"]))
+
+    def test_a_name_already_taken_is_not_overwritten(self):
+        cfg = replace(lab.Config(dataset="synthetic", train_size=32, test_size=20,
+                                 batch_size=16, out=self.out), max_workers=0, repeats=1)
+        c3 = replace(lab.EXERCISES["c3"], chart=None)
+        for repeats in (1, 2, 1, 2):  # each run displaces the other configuration's file
+            report.run_exercise("c3", c3, replace(cfg, repeats=repeats), io.StringIO())
+        kept = "c3.dataset-synthetic.train-size-32.test-size-20.batch-size-16.max-workers-0"
+        self.assertEqual(sorted(os.listdir(self.out)),
+                         sorted(["c3.json", f"{kept}.repeats-1.json", f"{kept}.repeats-2.json",
+                                 f"{kept}.repeats-1.2.json"]))
+
+    def test_the_report_warns_when_a_run_read_a_slice(self):
+        status, _, err = run_lab("c3", *SWEEP, "--out", self.out)
+        self.assertEqual(status, 0, err)
+        cfg = lab.Config(out=self.out)
+        text = Path(report.write_report(cfg, lab.EXERCISES)).read_text()
+        banner = "> **A smoke test: these figures teach nothing about CIFAR-10.** c3 ran on a"
+        self.assertIn(banner, text.split("\n## ")[0])  # at the top, above the first section
+        self.assertIn("slice of 32 training images", text)
+        full = self.load("c3")
+        full["config"]["train_size"] = None  # the same file, as a run on the whole set
+        report.write_json(os.path.join(self.out, "c3.json"), full)
+        text = Path(report.write_report(cfg, lab.EXERCISES)).read_text()
+        self.assertNotIn("smoke test", text)
+
+    def test_each_question_has_one_heading(self):
+        cfg = lab.Config(out=self.out)
+        report.run_exercise("q1", lab.EXERCISES["q1"], cfg, io.StringIO())
+        text = Path(report.write_report(cfg, lab.EXERCISES)).read_text()
+        self.assertEqual(text.count("Q1"), 1, text)  # "## Q1: convolutional layers" only
+
+    def test_results_name_the_data_set_used_and_the_codes_version(self):
+        with mock.patch.object(data, "_download_cifar10", return_value="offline"):
+            status, _, err = run_lab("c3", *SWEEP[2:], "--data-path", str(self.tmp / "data"),
+                                     "--out", self.out)
+        self.assertEqual(status, 0, err)
+        result = self.load("c3")
+        self.assertEqual(result["config"]["dataset"], "auto")     # what was asked for
+        self.assertEqual(result["dataset_used"], "synthetic")      # what was used
+        self.assertEqual(result["code_version"], report.code_version())
+        self.assertEqual(result["code_version"]["version"], report.__version__)
+        best, source = lab.best_worker_count(lab.Config(train_size=32, test_size=20,
+                                                        batch_size=16, out=self.out,
+                                                        data_path=str(self.tmp / "data")))
+        self.assertIn("measured on 32 training images of synthetic data", source)
+        self.assertNotIn("of auto", source)
+
+    def test_code_version_is_the_git_commit_of_a_checkout_else_the_version(self):
+        plain = self.tmp / "plain"
+        plain.mkdir()
+        self.assertEqual(report.code_version(str(plain)),
+                         {"git_commit": None, "local_changes": None,
+                          "version": report.__version__})
+        with mock.patch.object(subprocess, "run", side_effect=FileNotFoundError("git")):
+            report.code_version.cache_clear()
+            self.assertIsNone(report.code_version(str(HERE))["git_commit"])  # no git at all
+        report.code_version.cache_clear()
+        repo = self.tmp / "repo"
+        repo.mkdir()
+        git = ["git", "-c", "user.name=lab", "-c", "user.email=lab@example.com"]
+        try:
+            for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "one"]):
+                (repo / "lab.py").write_text("print(1)\n")
+                subprocess.run(git + args, cwd=repo, check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            self.skipTest("git is not usable here")
+        commit = subprocess.run(git + ["log", "-1", "--format=%H"], cwd=repo, text=True,
+                                capture_output=True).stdout.strip()
+        self.assertEqual(report.code_version(str(repo)),
+                         {"git_commit": commit, "local_changes": False,
+                          "version": report.__version__})
+        (repo / "lab.py").write_text("print(2)\n")
+        report.code_version.cache_clear()
+        self.assertTrue(report.code_version(str(repo))["local_changes"])
+        report.code_version.cache_clear()
