@@ -52,10 +52,18 @@ def non_negative_int(text):
     return value
 
 
+# The optimizers compute in float32: a larger number is finite for Python but not for torch,
+# whose first step would fail with "value cannot be converted to type float without overflow".
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def positive_float(text):
     value = _number(text, float)
     if not (value > 0 and math.isfinite(value)):  # nan and inf would only train to NaN
         raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text}")
+    if value > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is too large for float32, in which torch "
+                                         f"computes: at most {FLOAT32_MAX:.4g}")
     return value
 
 

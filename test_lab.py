@@ -764,5 +764,23 @@ class LayoutTest(unittest.TestCase):
         self.assertRegex(done.stderr.strip(), r"^\.\n-+\nRan 1 test in [0-9.]+s\n\nOK$")
 
 
+
+# ------------------------------------------------------------------------------------------
+# Options that cannot apply, numbers torch cannot hold, signals, a full /dev/shm
+
+
+class OptionBoundsTest(TempDirTest):
+    def test_an_lr_that_float32_cannot_hold_is_refused_at_parse_time(self):
+        with self.assertRaisesRegex(cli.UsageError, "1e39 is too large for float32"):
+            cli.parse_args(["c2", "--lr", "1e39"], lab.Config, lab.EXERCISES)
+        status, _, err = run_lab("c2", *TINY, "--lr", "1e39", "--out", self.out)
+        self.assertEqual((status, len(err.strip().splitlines())), (2, 1), err)
+        self.assertIn("at most 3.403e+38", err)
+        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
+        largest = str(torch.finfo(torch.float32).max)
+        self.assertEqual(cli.parse_args(["c2", "--lr", largest], lab.Config,
+                                        lab.EXERCISES)[1].lr, float(largest))
+
+
 if __name__ == "__main__":
     unittest.main()
