@@ -1,6 +1,6 @@
 """The data-parallel scaling study: `python lab.py ddp`.
 
-    python lab.py ddp --max-procs 2 --dataset synthetic   # world sizes 1, 2 x batches 32/128/512
+    python lab.py ddp --max-procs 2      # world sizes 1 and 2 x batches 32, 128 and 512
 
 For each world size and batch per process, ddp_study launches torchrun on the measuring
 process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times a DDP training

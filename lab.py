@@ -570,48 +570,60 @@ class Exercise:
     takes_best_workers: bool = False  # trains with that count
     data_parallel: bool = False    # trains data-parallel when launched by torchrun
     batch_sizes: str = None        # the Config field that --batch-sizes sets
+    trains: str = None             # "epochs": train.fit on the data; "steps": steps of its own
+    picks_slice: bool = False      # loads the data set itself, on a slice of its choosing
+    takes: tuple = ()              # Config fields of its own: no other exercise reads them
+    ignores: tuple = ()            # Config fields it never reads: their options are refused
     in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
     chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
-                   names_settings=True, data_parallel=True),
+                   names_settings=True, data_parallel=True, trains="epochs"),
     "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
-                   profiles=True, data_parallel=True),
+                   profiles=True, data_parallel=True, trains="epochs"),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
-                   chart=render.c3_chart_png),
+                   chart=render.c3_chart_png, ignores=("batch_norm",)),
     "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
-                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True),
+                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True,
+                   trains="epochs"),
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
-                   takes_best_workers=True),
+                   takes_best_workers=True, trains="epochs"),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   trains="epochs", ignores=("optimizer",)),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   trains="epochs", ignores=("optimizer", "batch_norm")),
     # The questions read only the model and take a second: no data, nothing to save midway.
     "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
-                   uses_data=False, saves_progress=False),
+                   uses_data=False, saves_progress=False, ignores=("seed", "device")),
     "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input,
                    render.render_q2, uses_data=False, saves_progress=False),
     "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render.render_q3,
-                   uses_data=False, saves_progress=False),
+                   uses_data=False, saves_progress=False, trains="steps", ignores=("optimizer",)),
     "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters,
-                   render.render_q4, uses_data=False, saves_progress=False),
+                   render.render_q4, uses_data=False, saves_progress=False, trains="steps",
+                   ignores=("optimizer",)),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
-                        render.render_summary, uses_data=False, saves_progress=False),
+                        render.render_summary, uses_data=False, saves_progress=False,
+                        ignores=("seed",)),
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render.render_c8,
-                   uses_data=False, in_lab=False),
+                   uses_data=False, in_lab=False, trains="epochs", picks_slice=True,
+                   ignores=("compile",)),
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render.render_bench, uses_data=False, in_lab=False),
+                      render.render_bench, uses_data=False, in_lab=False, trains="steps",
+                      picks_slice=True),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
                       render.render_infer, uses_data=False, in_lab=False,
-                      batch_sizes="infer_batch_sizes"),
+                      batch_sizes="infer_batch_sizes", takes=("checkpoint",)),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp_study, render.render_ddp, uses_data=False, in_lab=False,
-                    batch_sizes="ddp_batch_sizes"),
+                    batch_sizes="ddp_batch_sizes", trains="steps",
+                    takes=("max_procs", "ddp_steps")),
 }
 
 

@@ -88,7 +88,8 @@ class ResultsFolderTest(TempDirTest):
         for stderr in (Unwritable(), None):
             with self.subTest(stderr=stderr), contextlib.redirect_stdout(io.StringIO()), \
                     contextlib.redirect_stderr(stderr):
-                status = lab.main(["c3", *TINY, "--max-workers", "0", "--repeats", "1",
+                status = lab.main(["c3", "--dataset", "synthetic", "--train-size", "32",
+                                   "--batch-size", "16", "--max-workers", "0", "--repeats", "1",
                                    "--out", self.out])
                 self.assertEqual(status, 0)
                 self.assertTrue(self.load("c3")["complete"])

@@ -419,7 +419,7 @@ class CommandLineTest(TempDirTest):
             (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
             (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
             (["c1", "--out", str(afile)], "--out"),
-            (["c6", "--profile"], "--profile records c2 and c4 only"),
+            (["c6", "--profile"], "--profile is for c2, c4, not c6"),
             (["c4", "--loader", "device"], "--loader device has none"),
             (["c1", "--seed", "-1"], "--seed must be"),
             (["c1", "--out", "/proc/no/such"], "cannot be created"),
@@ -780,6 +780,76 @@ class OptionBoundsTest(TempDirTest):
         largest = str(torch.finfo(torch.float32).max)
         self.assertEqual(cli.parse_args(["c2", "--lr", largest], lab.Config,
                                         lab.EXERCISES)[1].lr, float(largest))
+
+
+class OptionApplicabilityTest(TempDirTest):
+    """An option given where it cannot apply is refused, naming where it does apply."""
+
+    def refused(self, *args):
+        with mock.patch.object(lab, "fit", side_effect=AssertionError("trained")):
+            status, _, err = run_lab(*args, "--out", self.out)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
+        return err
+
+    def test_infer_and_ddp_refuse_batch_size(self):
+        for name in ("infer", "ddp"):
+            with self.subTest(name):
+                err = self.refused(name, "--batch-size", "8")
+                self.assertIn(f"--batch-size is for c1, c2, c3, c4, c5, c6, c7, c8, bench, not "
+                              f"{name}; {name} takes --batch-sizes", err)
+
+    def test_sync_bn_outside_torchrun_is_refused(self):
+        err = self.refused("c2", "--sync-bn", *TINY)
+        self.assertIn("--sync-bn is for c1, c2, c6, c7 under torchrun; this run is one process",
+                      err)
+
+    def test_c6_refuses_optimizer(self):
+        self.assertIn("--optimizer is for c1, c2, c4, c5, c8, bench, ddp, not c6",
+                      self.refused("c6", "--optimizer", "adam"))
+
+    def test_q1_refuses_compile(self):
+        self.assertIn("--compile is for c1, c2, c4, c5, c6, c7, bench, not q1",
+                      self.refused("q1", "--compile"))
+
+    def test_the_hand_written_rules_now_come_from_the_registry(self):
+        for args, message in ((["c2", "--checkpoint", "w.pt"], "--checkpoint is for infer, not c2"),
+                              (["all", "--max-procs", "2"], "--max-procs is for ddp, not all"),
+                              (["infer", "--steps", "3"], "--steps is for ddp, not infer"),
+                              (["c2", "--force"], "--force is for all, not c2"),
+                              (["c7", "--no-bn"], "--no-bn is for c1, c2, c4, c5, c6, q1"),
+                              (["c3", "--num-workers", "2"], "--num-workers is for c1, c2, c8, "
+                                                             "bench, not c3"),
+                              (["q1", "--quick"], "--quick is for c1, c2, c3, c4, c5, c6, c7, "
+                                                  "c8, bench, not q1")):
+            with self.subTest(args=args):
+                self.assertIn(message, self.refused(*args))
+        _, cfg, _ = cli.parse_args(["all", "--num-workers", "0", "--best-workers", "1"],
+                                   lab.Config, lab.EXERCISES)  # C1, C2 and C4-C7 take them
+        self.assertEqual((cfg.num_workers, cfg.best_workers), (0, 1))
+
+    def test_the_questions_accept_exactly_the_options_whose_fields_they_read(self):
+        # The oracle: run each question on a Config that records which fields are read.
+        read = set()
+
+        class Recording(lab.Config):
+            def __getattribute__(self, name):
+                if not name.startswith("_"):
+                    read.add(name)
+                return super().__getattribute__(name)
+
+        parser = cli.build_parser(lab.Config(), lab.EXERCISES)
+        fields = {action.dest: cli.FIELD.get(action.dest, action.dest)
+                  for action in parser._actions if action.option_strings
+                  and action.dest != "help"}
+        for name in ("q1", "q2", "q3", "q4", "summary"):
+            with self.subTest(name), contextlib.redirect_stdout(io.StringIO()):
+                read.clear()
+                lab.EXERCISES[name].run(Recording())
+                accepted = {field for dest, field in fields.items()
+                            if cli.applies(dest, lab.EXERCISES[name], lab.EXERCISES)}
+                self.assertEqual(accepted - {"out"}, read & set(fields.values()), name)
 
 
 if __name__ == "__main__":
