@@ -396,17 +396,41 @@ def main(argv, config_class, exercises):
         notice(f"lab.py: error: the device ran out of memory: try a smaller --batch-size "
                f"than {cfg.batch_size}; every finished epoch is kept in {cfg.out}/")
         return 2
-    except KeyboardInterrupt:
-        notice(f"\ninterrupted: every finished epoch is kept in {cfg.out}/")
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP through stop_once
+        signum = getattr(stop, "signum", signal.SIGINT)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        notice(f"\ninterrupted by {name}: every finished epoch is kept in {cfg.out}/")
+        return 128 + signum
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return 0
 
 
-def interrupt_once(signum, frame):
-    """The first Ctrl-C stops the run; later ones are ignored, so that a second Ctrl-C cannot
-    break the shutdown that saves REPORT.md and stops the DataLoader's workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+# Ctrl-C; `kill`, `timeout`, Slurm at the time limit and `docker stop` send SIGTERM; a closed
+# terminal sends SIGHUP. Windows has no SIGHUP.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the run is, so that the run ends as on Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def on_stop_signals(handler):
+    """Handle every signal of STOP_SIGNALS with `handler` (or signal.SIG_IGN)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
+def stop_once(signum, frame):
+    """The first stop signal stops the run; later ones are ignored, so that they cannot break
+    the shutdown that saves REPORT.md, stops the DataLoader's workers and unlocks the results
+    folder. DataLoader workers started by fork inherit this handler; torch's worker loop ends
+    quietly on the KeyboardInterrupt it raises."""
+    on_stop_signals(signal.SIG_IGN)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)

@@ -237,6 +237,10 @@ def run_torchrun(command, limit_s):
             process.terminate()
             process.communicate()
             return None, f"{ERROR_PREFIX}no result after {limit_s} s, so it was stopped"
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the study's ranks stop too
+            process.terminate()
+            process.communicate()
+            raise
     return process.returncode, stderr
 
 

@@ -13,8 +13,9 @@ render.py, the results files and REPORT.md in report.py, the command line in cli
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while torch loads, before anything started: just stop
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+if __name__ == "__main__":  # a stop signal while torch loads, before anything started: stop
+    for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
+        signal.signal(getattr(signal, name), lambda signum, frame: sys.exit(128 + signum))
 
 import inspect
 import itertools
@@ -633,7 +634,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":  # guarded: DataLoader workers started with "spawn" import this file
-    signal.signal(signal.SIGINT, cli.interrupt_once)
+    cli.on_stop_signals(cli.stop_once)  # Ctrl-C, SIGTERM and SIGHUP end the run alike
     status = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C now could only spoil the exit
+    cli.on_stop_signals(signal.SIG_IGN)  # a signal now could only spoil the exit
     sys.exit(status)

@@ -769,6 +769,34 @@ class LayoutTest(unittest.TestCase):
 # Options that cannot apply, numbers torch cannot hold, signals, a full /dev/shm
 
 
+def child_processes(pid):
+    """The ids of the processes whose parent is `pid`, read from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def running(pid):
+    """True while process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def ended(process):
+    """Stop `process` if it still runs, and close its pipe."""
+    process.kill()
+    process.wait()
+    process.stderr.close()
+
+
 class OptionBoundsTest(TempDirTest):
     def test_an_lr_that_float32_cannot_hold_is_refused_at_parse_time(self):
         with self.assertRaisesRegex(cli.UsageError, "1e39 is too large for float32"):
@@ -850,6 +878,47 @@ class OptionApplicabilityTest(TempDirTest):
                 accepted = {field for dest, field in fields.items()
                             if cli.applies(dest, lab.EXERCISES[name], lab.EXERCISES)}
                 self.assertEqual(accepted - {"out"}, read & set(fields.values()), name)
+
+
+class SignalTest(TempDirTest):
+    """SIGTERM and SIGHUP end a run as Ctrl-C does: one line, 128 + the signal's number, the
+    finished epochs kept, the DataLoader's workers gone, the results folder unlocked."""
+
+    def stop_during_an_epoch(self, signum):
+        args = [sys.executable, str(HERE / "lab.py"), "c2", "--dataset", "synthetic",
+                "--train-size", "64", "--test-size", "20", "--batch-size", "16",
+                "--epochs", "50", "--num-workers", "2", "--out", self.out]
+        process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(ended, process)
+        saved, workers = Path(self.out) / "c2.json", []
+        deadline = time.time() + 240
+        while time.time() < deadline and len(workers) < 2:  # an epoch saved, the next one's
+            workers = child_processes(process.pid) if saved.exists() else []  # workers up
+            time.sleep(0.05)
+        self.assertEqual(len(workers), 2, "no epoch with its two workers in 240 s")
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip()
+                 and not line.startswith("epoch ")]  # beside the progress of the epochs
+        self.assertEqual(process.returncode, 128 + signum, err)
+        self.assertEqual(lines, [f"interrupted by {signal.Signals(signum).name}: every "
+                                 f"finished epoch is kept in {self.out}/"], err)
+        result = self.load("c2")
+        self.assertFalse(result["complete"])
+        self.assertGreaterEqual(len(result["epochs"]), 1)
+        deadline = time.time() + 5
+        while time.time() < deadline and any(map(running, workers)):
+            time.sleep(0.1)
+        self.assertEqual([pid for pid in workers if running(pid)], [])
+        with report.results_folder(self.out):  # unlocked
+            pass
+
+    def test_sigterm_during_an_epoch_with_workers(self):
+        self.stop_during_an_epoch(signal.SIGTERM)
+
+    def test_sighup_during_an_epoch_with_workers(self):
+        self.stop_during_an_epoch(signal.SIGHUP)
 
 
 if __name__ == "__main__":
