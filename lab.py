@@ -275,13 +275,17 @@ def c7_without_batchnorm(cfg, save=None):
     result = {"runs": {}, "batch_norm_source": "a fresh run"}
     cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
-    c6, why = report.read_result(os.path.join(cfg.out, "c6.json"), "c6", EXERCISES["c6"].render)
+    path = os.path.join(cfg.out, "c6.json")
+    c6, why = report.read_result(path, "c6", EXERCISES["c6"].render)
+    sgd = c6["runs"].get("sgd") if c6 and c6["complete"] else None
+    if sgd is not None and not why:  # all that C7 prints of the run must be there too
+        why = report.cannot_show(render.render_c7, {"runs": {"with_bn": sgd},
+                                                    "batch_norm_source": path}, f"{path}'s SGD run")
     if why:
         render.notice(f"c7: not using {why}")
-    if (c6 and c6["complete"] and "sgd" in c6.get("runs", {})
-            and c6["runs"]["sgd"]["num_workers"] == cfg.num_workers
+    if (sgd is not None and not why and sgd.get("num_workers") == cfg.num_workers
             and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
-        result["runs"]["with_bn"] = c6["runs"]["sgd"]
+        result["runs"]["with_bn"] = sgd
         result["batch_norm_source"] = "C6's SGD run (same configuration)"
         if save is not None:
             save(result)

@@ -22,7 +22,8 @@ from dataclasses import asdict, replace
 import torch
 
 from data import datasets_for
-from machine import cannot_write, cpu_model, device_name, gpu_device, usable_cores
+from machine import (cannot_write, cpu_model, device_name, gpu_device, usable_cores,
+                     worker_limit)
 from parallel import current_world, world_facts
 from render import describe_run, markdown_table, notice
 
@@ -237,7 +238,12 @@ def results_folder(path):
         yield
         return
     lock_path = os.path.join(path, ".lock")
-    with open(lock_path, "a") as lock:
+    try:
+        lock = open(lock_path, "a")
+    except OSError as error:  # a folder of that name, say
+        raise OutputError(f"--out {path} cannot be locked: {lock_path} cannot be opened as a "
+                          f"file ({error.strerror}); move it away") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -297,13 +303,21 @@ def read_result(path, name, render=None):
             saved = json.load(file)
     except (OSError, ValueError) as error:
         return None, f"{path} cannot be read ({getattr(error, 'strerror', None) or error})"
-    why = misfit(saved, name)
+    # REPORT.md shows every file's header line, and names its settings where there are some.
+    why = misfit(saved, name) or cannot_show(lambda run: describe_run(run, True), saved)
     if why is None and saved["complete"] and render is not None:
-        try:
-            render(saved)
-        except Exception as error:  # any failure: what a later run would show is broken
-            why = f"cannot be shown ({type(error).__name__}: {error})"
+        why = cannot_show(render, saved)
     return (None, f"{path} {why}") if why else (saved, None)
+
+
+def cannot_show(render, result, what=""):
+    """None when render(result) works, else why not: "cannot be shown (KeyError: 'epochs')".
+    Any failure counts: what a later reader would show from the result is broken."""
+    try:
+        render(result)
+        return None
+    except Exception as error:
+        return f"{what} cannot be shown ({type(error).__name__}: {error})".lstrip()
 
 
 def misfit(saved, name):
@@ -332,6 +346,10 @@ def misfit_value(value, key, complete):
             isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
             or (key.endswith("workers") and not isinstance(value, int))):
         return f"has {key} = {value!r}, not a number of 0 or more"
+    if key.endswith("workers") and isinstance(value, int) and value > worker_limit():
+        # A count read back is bounded as the option that sets it: C4-C7 would start them.
+        return (f"has {key} = {value}, more workers than a run may ask for here (at most "
+                f"{worker_limit()}, as --num-workers)")
     return None
 
 
