@@ -52,10 +52,18 @@ def non_negative_int(text):
     return value
 
 
+# The optimizers compute in float32: a larger number is finite for Python but not for torch,
+# whose first step would fail with "value cannot be converted to type float without overflow".
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def positive_float(text):
     value = _number(text, float)
     if not (value > 0 and math.isfinite(value)):  # nan and inf would only train to NaN
         raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text}")
+    if value > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is too large for float32, in which torch "
+                                         f"computes: at most {FLOAT32_MAX:.4g}")
     return value
 
 
@@ -203,19 +211,17 @@ def parse_args(argv, config_class, exercises):
 
     Raises UsageError on bad input.
     """
-    args = build_parser(config_class(), exercises).parse_args(argv)
+    parser = build_parser(config_class(), exercises)
+    args = parser.parse_args(argv)
     check(args, exercises)
+    check_applicable(parser, args, exercises, quick=tuple(config_class.QUICK))
     given = {f.name: getattr(args, f.name) for f in fields(config_class)
              if getattr(args, f.name, None) is not None}
     given["device"] = resolve_device("cuda" if args.cuda else args.device)
     given["compile"] = args.compile is not None
     given["compile_mode"] = None if args.compile in (None, "default") else args.compile
-    if args.batch_sizes is not None:
-        field = exercises[args.exercise].batch_sizes if args.exercise in exercises else None
-        if field is None:
-            takers = ", ".join(k for k, e in exercises.items() if e.batch_sizes)
-            raise UsageError(f"--batch-sizes is for {takers}; {args.exercise} takes --batch-size")
-        given[field] = args.batch_sizes
+    if args.batch_sizes is not None:  # the field of the exercise's own batch sizes
+        given[exercises[args.exercise].batch_sizes] = args.batch_sizes
     if given["compile"] and given["device"] == "cpu":
         check_compiler()
     if args.amp == "fp16" and given["device"] == "cpu":
@@ -227,36 +233,21 @@ def parse_args(argv, config_class, exercises):
 
 
 def check(args, exercises):
-    """The rules that tie options to exercises, read from the exercises' properties."""
+    """The rules that tie options to each other, to this machine and to torchrun."""
     if args.exercise not in exercises and args.exercise != "all":
         raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: "
                          f"{', '.join([*exercises, 'all'])}")
     exercise = exercises.get(args.exercise)
     if args.cuda and args.device not in ("auto", "cuda"):
         raise UsageError(f"--cuda contradicts --device {args.device}")
-    if args.profile and exercise is not None and not exercise.profiles:
-        names = " and ".join(k for k, e in exercises.items() if e.profiles)
-        raise UsageError(f"--profile records {names} only, not {args.exercise}")
     sweepers = [k for k, e in exercises.items()
                 if e.sweeps_workers and (e is exercise or (exercise is None and e.in_lab))]
     if args.loader == "device" and sweepers:
         raise UsageError(f"{' and '.join(sweepers)} measure the DataLoader's workers; "
                          "--loader device has none")
-    for option, value, takers in (("--checkpoint", args.checkpoint, ("infer",)),
-                                  ("--max-procs", args.max_procs, ("ddp",)),
-                                  ("--steps", args.ddp_steps, ("ddp",))):
-        if value is not None and args.exercise not in takers:
-            raise UsageError(f"{option} is for {', '.join(takers)}, not {args.exercise}")
     if args.max_procs is not None and args.max_procs > worker_limit():
         raise UsageError(f"--max-procs {args.max_procs} is more processes than is sensible "
                          f"here: at most {worker_limit()}")
-    if parallel.launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
-        names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
-        raise UsageError(f"{args.exercise} does not run under torchrun; {names} train "
-                         "data-parallel")
-    if parallel.launched_by_torchrun() and args.loader == "device":
-        raise UsageError("--loader device holds the whole training set on one device; under "
-                         "torchrun use the DataLoader (--loader torch)")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise UsageError(f"--seed must be from 0 to {2**32 - 1}, not {args.seed}")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -266,6 +257,88 @@ def check(args, exercises):
             raise UsageError(f"--{option.replace('_', '-')} {getattr(args, option)} is more "
                              f"workers than is sensible here: at most {worker_limit()} (4 per "
                              f"core, at least 64; this machine gives {usable_cores()} cores)")
+    if parallel.launched_by_torchrun() and (exercise is None or not exercise.data_parallel):
+        names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
+        raise UsageError(f"{args.exercise} does not run under torchrun; {names} train "
+                         "data-parallel")
+    if parallel.launched_by_torchrun() and args.loader == "device":
+        raise UsageError("--loader device holds the whole training set on one device; under "
+                         "torchrun use the DataLoader (--loader torch)")
+    if args.sync_bn and not parallel.launched_by_torchrun():
+        names = ", ".join(k for k, e in exercises.items() if e.data_parallel)
+        raise UsageError(f"--sync-bn is for {names} under torchrun; this run is one process "
+                         "(torchrun --nproc_per_node=N lab.py ...)")
+
+
+# ----------------------------------------------------------------------------------------
+# Which exercise an option applies to, read from the exercises' properties (lab.py's Exercise)
+
+
+def _reads_data(exercise):
+    return exercise.uses_data or exercise.picks_slice
+
+
+def _fits(exercise):
+    return exercise.trains == "epochs"
+
+
+# By the option's dest: where it can change what an exercise does. An option not named here
+# applies to every exercise, except one that `ignores` the Config field it sets; a field that
+# some exercise `takes` as its own is read by no other.
+APPLIES = {
+    "dataset": _reads_data, "data_path": _reads_data, "train_size": _reads_data,
+    "batch_size": _reads_data,
+    "test_size": _fits, "epochs": _fits, "evaluate": _fits, "loader": _fits,
+    "channels_last": _fits, "amp": _fits,
+    "compile": lambda e: _fits(e) or e.picks_slice,
+    "num_workers": lambda e: ((_fits(e) or e.picks_slice)
+                              and not (e.sweeps_workers or e.takes_best_workers)),
+    "optimizer": lambda e: e.trains is not None,
+    "lr": lambda e: e.trains is not None,
+    "profile": lambda e: e.profiles,
+    "max_workers": lambda e: e.finds_best_workers,
+    "repeats": lambda e: e.finds_best_workers or e.takes_best_workers,
+    "best_workers": lambda e: e.takes_best_workers,
+    "batch_sizes": lambda e: e.batch_sizes is not None,
+    "sync_bn": lambda e: e.data_parallel,
+    "force": lambda e: False,  # `all` alone reruns what is complete
+}
+FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
+
+
+def applies(dest, exercise, exercises, quick=()):
+    """Whether the option with this dest can change what `exercise` does. --quick applies
+    where one of the slices it chooses (`quick`, Config fields) does."""
+    if dest == "quick":
+        return any(applies(field, exercise, exercises) for field in quick)
+    field = FIELD.get(dest, dest)
+    if any(field in other.takes for other in exercises.values()) and field not in exercise.takes:
+        return False
+    rule = APPLIES.get(dest)
+    return field not in exercise.ignores and (rule is None or rule(exercise))
+
+
+def check_applicable(parser, args, exercises, quick=()):
+    """UsageError for the first option given where it cannot apply, naming the exercises where
+    it does. For `all`, an option applies when it does to one of the lab's exercises."""
+    run = ([e for e in exercises.values() if e.in_lab] if args.exercise == "all"
+           else [exercises[args.exercise]])
+    flags = {action.dest: "/".join(action.option_strings) for action in parser._actions}
+    for action in parser._actions:
+        if (not action.option_strings
+                or getattr(args, action.dest, action.default) == action.default
+                or (action.dest == "force" and args.exercise == "all")
+                or any(applies(action.dest, e, exercises, quick) for e in run)):
+            continue
+        takers = [k for k, e in exercises.items() if applies(action.dest, e, exercises, quick)]
+        other = TWINS.get(action.dest)
+        instead = (f"; {args.exercise} takes {flags[other]}" if other and len(run) == 1
+                   and applies(other, run[0], exercises) else "")
+        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers) or 'all'}, not "
+                         f"{args.exercise}{instead}")
+
+
+TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
 
 
 def check_compiler():
@@ -323,19 +396,43 @@ def main(argv, config_class, exercises):
         notice(f"lab.py: error: the device ran out of memory: try a smaller --batch-size "
                f"than {cfg.batch_size}; every finished epoch is kept in {cfg.out}/")
         return 2
-    except KeyboardInterrupt as stop:  # report.Interrupted says what of the run was kept
-        kept = (stop.kept if isinstance(stop, report.Interrupted)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM or SIGHUP through stop_once
+        signum = getattr(stop, "signum", None) or signal.SIGINT
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        kept = (stop.kept if isinstance(stop, report.Interrupted)  # what of the run is saved
                 else "nothing had finished; nothing of this run was saved")
-        notice(f"\ninterrupted: {kept}")
-        return 130
+        notice(f"\ninterrupted by {name}: {kept}")
+        return 128 + signum
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return 0
 
 
-def interrupt_once(signum, frame):
-    """The first Ctrl-C stops the run; later ones are ignored, so that a second Ctrl-C cannot
-    break the shutdown that saves REPORT.md and stops the DataLoader's workers."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+# Ctrl-C; `kill`, `timeout`, Slurm at the time limit and `docker stop` send SIGTERM; a closed
+# terminal sends SIGHUP. Windows has no SIGHUP.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the run is, so that the run ends as on Ctrl-C."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def on_stop_signals(handler):
+    """Handle every signal of STOP_SIGNALS with `handler` (or signal.SIG_IGN)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
+def stop_once(signum, frame):
+    """The first stop signal stops the run; later ones are ignored, so that they cannot break
+    the shutdown that saves REPORT.md, stops the DataLoader's workers and unlocks the results
+    folder. DataLoader workers started by fork inherit this handler; torch's worker loop ends
+    quietly on the KeyboardInterrupt it raises."""
+    on_stop_signals(signal.SIG_IGN)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)

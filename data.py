@@ -12,6 +12,7 @@ with the data raises `DataError`, whose message says how to fix it.
 
 import functools
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -351,6 +352,31 @@ class WorkerLoader(DataLoader):
 
     def check_worker_number_rationality(self):
         pass
+
+    def __iter__(self):
+        batches = super().__iter__()
+        return batches if self.num_workers == 0 else _shared_memory_checked(batches)
+
+
+def _shared_memory_checked(batches):
+    """The batches; a worker that runs out of shared memory ends in one DataError.
+
+    Workers hand their batches to the main process through /dev/shm, which Docker limits to
+    64 MB by default: a batch that does not fit fails in the worker ("unable to allocate shared
+    memory(shm)"), or the worker dies of a bus error ("out of shared memory").
+    """
+    try:
+        yield from batches
+    except RuntimeError as error:
+        if "shared memory" not in str(error):
+            raise
+        try:
+            room = f" (it holds {shutil.disk_usage('/dev/shm').total / 2**20:.3g} MiB)"
+        except OSError:
+            room = ""
+        raise DataError(f"the DataLoader's workers ran out of shared memory in /dev/shm{room}: "
+                        "use --num-workers 0, or give /dev/shm more room (docker run "
+                        "--shm-size=2g, for instance)") from None
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The data-parallel scaling study: `python lab.py ddp`.
 
-    python lab.py ddp --max-procs 2 --dataset synthetic   # world sizes 1, 2 x batches 32/128/512
+    python lab.py ddp --max-procs 2      # world sizes 1 and 2 x batches 32, 128 and 512
 
 For each world size and batch per process, ddp_study launches torchrun on the measuring
 process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times a DDP training
@@ -237,6 +237,10 @@ def run_torchrun(command, limit_s):
             process.terminate()
             process.communicate()
             return None, f"{ERROR_PREFIX}no result after {limit_s} s, so it was stopped"
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the study's ranks stop too
+            process.terminate()
+            process.communicate()
+            raise
     return process.returncode, stderr
 
 

@@ -15,6 +15,8 @@ import copy
 import io
 import math
 import os
+import pickle
+import re
 import tempfile
 import time
 import warnings
@@ -23,6 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from machine import available_memory
 from render import markdown_table, one_line, plural
 from resnet import ResNet18
 from timing import Timer, synchronize
@@ -167,6 +170,7 @@ def infer(cfg, save=None, ways=None, work_dir=None):
     if unknown:
         raise ValueError(f"unknown way {', '.join(unknown)}; the ways are {', '.join(WAYS)}")
     batch_sizes = [int(size) for size in cfg.infer_batch_sizes]
+    check_memory(batch_sizes, device)
     model = load_model(cfg).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     inputs = [torch.randn(size, 3, 32, 32, generator=generator).to(device)  # (B, 3, 32, 32)
@@ -198,6 +202,26 @@ def infer(cfg, save=None, ways=None, work_dir=None):
     return result
 
 
+# Per image: the input (3 x 32 x 32 float32), and what a forward pass in inference mode holds at
+# once, about four of the largest feature maps (64 x 32 x 32 float32: a block's input, its two
+# convolutions' outputs and the shortcut's).
+INPUT_BYTES = 3 * 32 * 32 * 4
+FORWARD_BYTES = 4 * 64 * 32 * 32 * 4
+
+
+def check_memory(batch_sizes, device):
+    """InferError when the inputs of every batch size (held together) and the forward pass of
+    the largest need more memory than the device has free."""
+    needed = sum(batch_sizes) * INPUT_BYTES + max(batch_sizes) * FORWARD_BYTES
+    free = (torch.cuda.mem_get_info(device)[0] if device.type == "cuda"
+            else available_memory())
+    if free is not None and needed > free:
+        raise InferError(f"--batch-sizes {','.join(map(str, batch_sizes))} needs about "
+                         f"{needed / 2**30:.3g} GiB of memory for the inputs and a forward pass, "
+                         f"and {free / 2**30:.1f} GiB is free on {device.type}: ask for smaller "
+                         "batches")
+
+
 def load_model(cfg):
     """ResNet-18 in eval mode: seeded fresh weights, or those of cfg.checkpoint."""
     torch.manual_seed(cfg.seed)
@@ -210,20 +234,31 @@ def load_model(cfg):
 def load_checkpoint(model, path):
     """Load a saved state_dict (plain, or under the key "model"), or raise InferError."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # no file, not a torch file, or pickled objects beyond tensors
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # a plain pickle, or objects beyond tensors
+        # torch's own message advises weights_only=False, which would run the file's code.
+        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(error))
+        raise InferError(f"cannot read checkpoint {path}: it is not a state_dict that torch.save "
+                         "wrote" + (f" ({detail.group(1).strip()})" if detail else "")
+                         + ", and infer loads nothing that could run code") from None
+    except Exception as error:  # no file, or not a torch file
         raise InferError(f"cannot read checkpoint {path}: {one_line(error)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise InferError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
     expected = model.state_dict()
+    tensors = {key: value for key, value in state.items() if torch.is_tensor(value)}
     problems = [
         _listed("missing", [key for key in expected if key not in state]),
         _listed("unexpected", [key for key in state if key not in expected]),
-        _listed("wrong shape", [f"{key} {tuple(state[key].shape)} not {tuple(expected[key].shape)}"
-                                for key in expected if key in state
-                                and getattr(state[key], "shape", None) != expected[key].shape]),
+        _listed("not a tensor", [f"{key} ({type(state[key]).__name__})" for key in expected
+                                 if key in state and key not in tensors]),
+        _listed("wrong shape", [f"{key} {tuple(value.shape)} not {tuple(expected[key].shape)}"
+                                for key, value in tensors.items() if key in expected
+                                and value.shape != expected[key].shape]),
     ]
     problems = [problem for problem in problems if problem]
     if problems:

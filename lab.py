@@ -14,8 +14,9 @@ REPORT.md in report.py, the command line in cli.py.
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while torch loads, before anything started: just stop
-    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+if __name__ == "__main__":  # a stop signal while torch loads, before anything started: stop
+    for name in {"SIGINT", "SIGTERM", "SIGHUP"} & set(dir(signal)):  # Windows has no SIGHUP
+        signal.signal(getattr(signal, name), lambda signum, frame: sys.exit(128 + signum))
 
 import inspect
 import itertools
@@ -277,13 +278,17 @@ def c7_without_batchnorm(cfg, save=None):
     result = {"runs": {}, "batch_norm_source": "a fresh run"}
     cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
-    c6, why = report.read_result(os.path.join(cfg.out, "c6.json"), "c6", EXERCISES["c6"].render)
+    path = os.path.join(cfg.out, "c6.json")
+    c6, why = report.read_result(path, "c6", EXERCISES["c6"].render)
+    sgd = c6["runs"].get("sgd") if c6 and c6["complete"] else None
+    if sgd is not None and not why:  # all that C7 prints of the run must be there too
+        why = report.cannot_show(render.render_c7, {"runs": {"with_bn": sgd},
+                                                    "batch_norm_source": path}, f"{path}'s SGD run")
     if why:
         render.notice(f"c7: not using {why}")
-    if (c6 and c6["complete"] and "sgd" in c6.get("runs", {})
-            and c6["runs"]["sgd"]["num_workers"] == cfg.num_workers
+    if (sgd is not None and not why and sgd.get("num_workers") == cfg.num_workers
             and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
-        result["runs"]["with_bn"] = c6["runs"]["sgd"]
+        result["runs"]["with_bn"] = sgd
         result["batch_norm_source"] = "C6's SGD run (same configuration)"
         if save is not None:
             save(result)
@@ -574,48 +579,60 @@ class Exercise:
     takes_best_workers: bool = False  # trains with that count
     data_parallel: bool = False    # trains data-parallel when launched by torchrun
     batch_sizes: str = None        # the Config field that --batch-sizes sets
+    trains: str = None             # "epochs": train.fit on the data; "steps": steps of its own
+    picks_slice: bool = False      # loads the data set itself, on a slice of its choosing
+    takes: tuple = ()              # Config fields of its own: no other exercise reads them
+    ignores: tuple = ()            # Config fields it never reads: their options are refused
     in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
     chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
-                   names_settings=True, data_parallel=True),
+                   names_settings=True, data_parallel=True, trains="epochs"),
     "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
-                   profiles=True, data_parallel=True),
+                   profiles=True, data_parallel=True, trains="epochs"),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
-                   chart=render.c3_chart_png, saves_each="worker count"),
+                   chart=render.c3_chart_png, saves_each="worker count", ignores=("batch_norm",)),
     "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
-                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True),
+                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True,
+                   trains="epochs"),
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
-                   takes_best_workers=True),
+                   takes_best_workers=True, trains="epochs"),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   trains="epochs", ignores=("optimizer",)),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   trains="epochs", ignores=("optimizer", "batch_norm")),
     # The questions read only the model and take a second: no data, nothing to save midway.
     "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
-                   uses_data=False, saves_progress=False),
+                   uses_data=False, saves_progress=False, ignores=("seed", "device")),
     "q2": Exercise("Q2: input dimension of the last linear layer", q2_linear_input,
                    render.render_q2, uses_data=False, saves_progress=False),
     "q3": Exercise("Q3: parameters and gradients with SGD", q3_sgd_parameters, render.render_q3,
-                   uses_data=False, saves_progress=False),
+                   uses_data=False, saves_progress=False, trains="steps", ignores=("optimizer",)),
     "q4": Exercise("Q4: parameters and gradients with Adam", q4_adam_parameters,
-                   render.render_q4, uses_data=False, saves_progress=False),
+                   render.render_q4, uses_data=False, saves_progress=False, trains="steps",
+                   ignores=("optimizer",)),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
-                        render.render_summary, uses_data=False, saves_progress=False),
+                        render.render_summary, uses_data=False, saves_progress=False,
+                        ignores=("seed",)),
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
-                   speed.render_c8, uses_data=False, in_lab=False, saves_each="mode"),
+                   speed.render_c8, uses_data=False, in_lab=False, saves_each="mode",
+                   trains="epochs", picks_slice=True, ignores=("compile",)),
     "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
-                      speed.render_bench, uses_data=False, in_lab=False, saves_each="table"),
+                      speed.render_bench, uses_data=False, in_lab=False, saves_each="table",
+                      trains="steps", picks_slice=True),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
                       infer.render_infer, uses_data=False, in_lab=False,
-                      batch_sizes="infer_batch_sizes", saves_each="way"),
+                      batch_sizes="infer_batch_sizes", saves_each="way", takes=("checkpoint",)),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
-                    batch_sizes="ddp_batch_sizes", saves_each="run"),
+                    batch_sizes="ddp_batch_sizes", saves_each="run", trains="steps",
+                    takes=("max_procs", "ddp_steps")),
 }
 
 
@@ -625,7 +642,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":  # guarded: DataLoader workers started with "spawn" import this file
-    signal.signal(signal.SIGINT, cli.interrupt_once)
+    cli.on_stop_signals(cli.stop_once)  # Ctrl-C, SIGTERM and SIGHUP end the run alike
     status = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C now could only spoil the exit
+    cli.on_stop_signals(signal.SIG_IGN)  # a signal now could only spoil the exit
     sys.exit(status)

@@ -99,9 +99,22 @@ def start(device_type, sync_bn=False, timeout=TIMEOUT):
         device, backend = "cpu", "gloo"
         # torchrun's OMP_NUM_THREADS=1 would leave cores idle: share them out instead.
         torch.set_num_threads(max(1, usable_cores() // local_world_size))
-    dist.init_process_group(backend, timeout=timeout,
-                            device_id=torch.device(device) if backend == "nccl" else None)
+    try:
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=torch.device(device) if backend == "nccl" else None)
+    except dist.DistError as error:  # DistNetworkError, DistStoreError: no world to join
+        raise DistributedError(cannot_join(error)) from None
     return current_world()
+
+
+def cannot_join(error):
+    """Why init_process_group failed, in one line: the address it tried, and the cause."""
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if "EADDRINUSE" in str(error):  # a launcher's MASTER_PORT that another program holds
+        return (f"cannot start the process group at {where} (MASTER_ADDR:MASTER_PORT): the "
+                "port is in use by another program; choose a free MASTER_PORT")
+    lines = str(error).strip().splitlines() or [""]
+    return f"cannot join the process group at {where}: {type(error).__name__}: {lines[0]}"
 
 
 def stop_together(timeout=STOP_WAIT):

@@ -26,7 +26,8 @@ from dataclasses import asdict, replace
 import torch
 
 from data import datasets_for
-from machine import cannot_write, cpu_model, device_name, gpu_device, usable_cores
+from machine import (cannot_write, cpu_model, device_name, gpu_device, usable_cores,
+                     worker_limit)
 from parallel import current_world, world_facts
 from render import markdown_table, notice, plural
 
@@ -61,12 +62,12 @@ def run_exercise(name, exercise, cfg, stream=None):
         answer = exercise.run(cfg, save) if exercise.saves_progress else exercise.run(cfg)
         result = save({**answer, "complete": True,
                        "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    except KeyboardInterrupt:
-        raise Interrupted(save.kept(name, exercise)) from None
+    except KeyboardInterrupt as stop:
+        raise Interrupted(save.kept(name, exercise), stop) from None
     try:
         show_result(name, exercise, cfg, result, stream)
-    except KeyboardInterrupt:
-        raise Interrupted(f"{name} had finished; {path} is complete") from None
+    except KeyboardInterrupt as stop:
+        raise Interrupted(f"{name} had finished; {path} is complete", stop) from None
     return result
 
 
@@ -125,11 +126,13 @@ class Saving:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; `kept` says what of it is saved, for the line cli.main prints."""
+    """Ctrl-C (or SIGTERM, SIGHUP) during a run; `kept` says what of it is saved, for the line
+    cli.main prints, and `signum` keeps the signal that stopped it (None: Ctrl-C)."""
 
-    def __init__(self, kept):
+    def __init__(self, kept, stop=None):
         super().__init__(kept)
         self.kept = kept
+        self.signum = getattr(stop, "signum", None)
 
 
 def show_result(name, exercise, cfg, result, stream):
@@ -324,7 +327,7 @@ def run_all(cfg, exercises, force=False, stream=None):
     except KeyboardInterrupt as stop:
         now = stop.kept if isinstance(stop, Interrupted) else f"{name} had not started"
         done = f"{', '.join(complete)} complete in {cfg.out}/; " if complete else ""
-        raise Interrupted(done + now) from None
+        raise Interrupted(done + now, stop) from None
     finally:
         path = write_report(cfg, exercises)
         show(f"\nlab report: {path}", stream)
@@ -438,7 +441,12 @@ def results_folder(path):
         yield
         return
     lock_path = os.path.join(path, ".lock")
-    with open(lock_path, "a") as lock:
+    try:
+        lock = open(lock_path, "a")
+    except OSError as error:  # a folder of that name, say
+        raise OutputError(f"--out {path} cannot be locked: {lock_path} cannot be opened as a "
+                          f"file ({error.strerror}); move it away") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -498,13 +506,21 @@ def read_result(path, name, render=None):
             saved = json.load(file)
     except (OSError, ValueError) as error:
         return None, f"{path} cannot be read ({getattr(error, 'strerror', None) or error})"
-    why = misfit(saved, name)
+    # REPORT.md shows every file's header line, and names its settings where there are some.
+    why = misfit(saved, name) or cannot_show(lambda run: describe_run(run, True), saved)
     if why is None and saved["complete"] and render is not None:
-        try:
-            render(saved)
-        except Exception as error:  # any failure: what a later run would show is broken
-            why = f"cannot be shown ({type(error).__name__}: {error})"
+        why = cannot_show(render, saved)
     return (None, f"{path} {why}") if why else (saved, None)
+
+
+def cannot_show(render, result, what=""):
+    """None when render(result) works, else why not: "cannot be shown (KeyError: 'epochs')".
+    Any failure counts: what a later reader would show from the result is broken."""
+    try:
+        render(result)
+        return None
+    except Exception as error:
+        return f"{what} cannot be shown ({type(error).__name__}: {error})".lstrip()
 
 
 def misfit(saved, name):
@@ -533,6 +549,10 @@ def misfit_value(value, key, complete):
             isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
             or (key.endswith("workers") and not isinstance(value, int))):
         return f"has {key} = {value!r}, not a number of 0 or more"
+    if key.endswith("workers") and isinstance(value, int) and value > worker_limit():
+        # A count read back is bounded as the option that sets it: C4-C7 would start them.
+        return (f"has {key} = {value}, more workers than a run may ask for here (at most "
+                f"{worker_limit()}, as --num-workers)")
     return None
 
 

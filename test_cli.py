@@ -4,6 +4,7 @@ bounds on sizes, workers and the learning rate, --quick, help, prefixes and typo
 import contextlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ class CommandLineTest(TempDirTest):
             (["c1", "--dataset", "cifar10", "--data-path", str(afile)], "is a file"),
             (["c1", "--dataset", "cifar10", "--data-path", str(afile / "x")], "cannot be created"),
             (["c1", "--out", str(afile)], "--out"),
-            (["c6", "--profile"], "--profile records c2 and c4 only"),
+            (["c6", "--profile"], "--profile is for c2, c4, not c6"),
             (["c4", "--loader", "device"], "--loader device has none"),
             (["c1", "--seed", "-1"], "--seed must be"),
             (["c1", "--out", "/proc/no/such"], "cannot be created"),
@@ -178,7 +179,7 @@ class CtrlCLineTest(TempDirTest):
         self.assertEqual(status, 130, err)
         path = os.path.join(self.out, "c1.json")
         self.assertEqual(err.strip().splitlines()[-1],
-                         f"interrupted: c1 had finished 1 epoch, kept in {path}")
+                         f"interrupted by Ctrl-C: c1 had finished 1 epoch, kept in {path}")
         self.assertEqual(len(self.load("c1")["epochs"]), 1)
 
     def test_before_any_epoch_finished(self):
@@ -188,8 +189,8 @@ class CtrlCLineTest(TempDirTest):
         status, _, err = self.run_stopped("c1", stop_at_once)
         self.assertEqual(status, 130, err)
         self.assertEqual(err.strip().splitlines()[-1],
-                         "interrupted: c1 had not finished its first epoch; nothing of it was "
-                         "saved")
+                         "interrupted by Ctrl-C: c1 had not finished its first epoch; "
+                         "nothing of it was saved")
         self.assertFalse(os.path.exists(os.path.join(self.out, "c1.json")))
 
     def test_epochs_of_several_runs_and_of_all(self):
@@ -208,5 +209,169 @@ class CtrlCLineTest(TempDirTest):
             status, _, err = run_lab("all", "--out", self.out)
         self.assertEqual(status, 130, err)
         self.assertEqual(err.strip().splitlines()[-1],
-                         f"interrupted: q1 complete in {self.out}/; q2 had not finished yet; "
+                         f"interrupted by Ctrl-C: q1 complete in {self.out}/; "
+                         "q2 had not finished yet; "
                          "nothing of it was saved")
+
+
+# ------------------------------------------------------------------------------------------
+# Options that cannot apply, numbers torch cannot hold, signals
+
+
+def child_processes(pid):
+    """The ids of the processes whose parent is `pid`, read from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def running(pid):
+    """True while process `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def ended(process):
+    """Stop `process` if it still runs, and close its pipe."""
+    process.kill()
+    process.wait()
+    process.stderr.close()
+
+
+class OptionBoundsTest(TempDirTest):
+    def test_an_lr_that_float32_cannot_hold_is_refused_at_parse_time(self):
+        with self.assertRaisesRegex(cli.UsageError, "1e39 is too large for float32"):
+            cli.parse_args(["c2", "--lr", "1e39"], lab.Config, lab.EXERCISES)
+        status, _, err = run_lab("c2", *TINY, "--lr", "1e39", "--out", self.out)
+        self.assertEqual((status, len(err.strip().splitlines())), (2, 1), err)
+        self.assertIn("at most 3.403e+38", err)
+        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
+        largest = str(torch.finfo(torch.float32).max)
+        self.assertEqual(cli.parse_args(["c2", "--lr", largest], lab.Config,
+                                        lab.EXERCISES)[1].lr, float(largest))
+
+
+class OptionApplicabilityTest(TempDirTest):
+    """An option given where it cannot apply is refused, naming where it does apply."""
+
+    def refused(self, *args):
+        ran = AssertionError("the run started")  # neither data nor an exercise is touched
+        runs = {name: replace(exercise, run=mock.Mock(side_effect=ran))
+                for name, exercise in lab.EXERCISES.items()}
+        with mock.patch.dict(lab.EXERCISES, runs), \
+                mock.patch.object(report, "datasets_for", side_effect=ran):
+            status, _, err = run_lab(*args, "--out", self.out)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertFalse(os.path.exists(self.out))  # refused before anything was made
+        return err
+
+    def test_infer_and_ddp_refuse_batch_size(self):
+        for name in ("infer", "ddp"):
+            with self.subTest(name):
+                err = self.refused(name, "--batch-size", "8")
+                self.assertIn(f"--batch-size is for c1, c2, c3, c4, c5, c6, c7, c8, bench, not "
+                              f"{name}; {name} takes --batch-sizes", err)
+
+    def test_sync_bn_outside_torchrun_is_refused(self):
+        err = self.refused("c2", "--sync-bn", *TINY)
+        self.assertIn("--sync-bn is for c1, c2, c6, c7 under torchrun; this run is one process",
+                      err)
+
+    def test_c6_refuses_optimizer(self):
+        self.assertIn("--optimizer is for c1, c2, c4, c5, c8, bench, ddp, not c6",
+                      self.refused("c6", "--optimizer", "adam"))
+
+    def test_q1_refuses_compile(self):
+        self.assertIn("--compile is for c1, c2, c4, c5, c6, c7, bench, not q1",
+                      self.refused("q1", "--compile"))
+
+    def test_the_hand_written_rules_now_come_from_the_registry(self):
+        for args, message in ((["c2", "--checkpoint", "w.pt"], "--checkpoint is for infer, not c2"),
+                              (["all", "--max-procs", "2"], "--max-procs is for ddp, not all"),
+                              (["infer", "--steps", "3"], "--steps is for ddp, not infer"),
+                              (["c2", "--force"], "--force is for all, not c2"),
+                              (["c7", "--no-bn"], "--no-bn is for c1, c2, c4, c5, c6, q1"),
+                              (["c3", "--num-workers", "2"], "--num-workers is for c1, c2, c8, "
+                                                             "bench, not c3"),
+                              (["q1", "--quick"], "--quick is for c1, c2, c3, c4, c5, c6, c7, "
+                                                  "c8, bench, not q1")):
+            with self.subTest(args=args):
+                self.assertIn(message, self.refused(*args))
+        _, cfg, _ = cli.parse_args(["all", "--num-workers", "0", "--best-workers", "1"],
+                                   lab.Config, lab.EXERCISES)  # C1, C2 and C4-C7 take them
+        self.assertEqual((cfg.num_workers, cfg.best_workers), (0, 1))
+
+    def test_the_questions_accept_exactly_the_options_whose_fields_they_read(self):
+        # The oracle: run each question on a Config that records which fields are read.
+        read = set()
+
+        class Recording(lab.Config):
+            def __getattribute__(self, name):
+                if not name.startswith("_"):
+                    read.add(name)
+                return super().__getattribute__(name)
+
+        parser = cli.build_parser(lab.Config(), lab.EXERCISES)
+        fields = {action.dest: cli.FIELD.get(action.dest, action.dest)
+                  for action in parser._actions if action.option_strings
+                  and action.dest != "help"}
+        for name in ("q1", "q2", "q3", "q4", "summary"):
+            with self.subTest(name), contextlib.redirect_stdout(io.StringIO()):
+                read.clear()
+                lab.EXERCISES[name].run(Recording())
+                accepted = {field for dest, field in fields.items()
+                            if cli.applies(dest, lab.EXERCISES[name], lab.EXERCISES)}
+                self.assertEqual(accepted - {"out"}, read & set(fields.values()), name)
+
+
+class SignalTest(TempDirTest):
+    """SIGTERM and SIGHUP end a run as Ctrl-C does: one line, 128 + the signal's number, the
+    finished epochs kept, the DataLoader's workers gone, the results folder unlocked."""
+
+    def stop_during_an_epoch(self, signum):
+        args = [sys.executable, str(HERE / "lab.py"), "c2", "--dataset", "synthetic",
+                "--train-size", "64", "--test-size", "20", "--batch-size", "16",
+                "--epochs", "50", "--num-workers", "2", "--out", self.out]
+        process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(ended, process)
+        saved, workers = Path(self.out) / "c2.json", []
+        deadline = time.time() + 240
+        while time.time() < deadline and len(workers) < 2:  # an epoch saved, the next one's
+            workers = child_processes(process.pid) if saved.exists() else []  # workers up
+            time.sleep(0.05)
+        self.assertEqual(len(workers), 2, "no epoch with its two workers in 240 s")
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip()
+                 and not line.startswith("epoch ")]  # beside the progress of the epochs
+        self.assertEqual(process.returncode, 128 + signum, err)
+        self.assertEqual(len(lines), 1, err)
+        self.assertRegex(lines[0], rf"^interrupted by {signal.Signals(signum).name}: c2 had "
+                                   rf"finished \d+ epochs?, kept in {re.escape(str(saved))}$")
+        result = self.load("c2")
+        self.assertFalse(result["complete"])
+        self.assertGreaterEqual(len(result["epochs"]), 1)
+        deadline = time.time() + 5
+        while time.time() < deadline and any(map(running, workers)):
+            time.sleep(0.1)
+        self.assertEqual([pid for pid in workers if running(pid)], [])
+        with report.results_folder(self.out):  # unlocked
+            pass
+
+    def test_sigterm_during_an_epoch_with_workers(self):
+        self.stop_during_an_epoch(signal.SIGTERM)
+
+    def test_sighup_during_an_epoch_with_workers(self):
+        self.stop_during_an_epoch(signal.SIGHUP)
+
+

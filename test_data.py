@@ -6,6 +6,8 @@ flip, or a statistical invariant.
 """
 
 import contextlib
+import subprocess
+import sys
 import tempfile
 import unittest
 import warnings
@@ -23,7 +25,7 @@ from torchvision import datasets
 import data
 from data import MEAN, STD, DataError, DeviceLoader, SyntheticCIFAR, seeded_subset, test_transform
 from machine import usable_cores
-from testkit import CPU, TempDirTest, one_line, quiet_module, run_lab
+from testkit import CPU, HERE, TempDirTest, one_line, quiet_module, run_lab
 
 setUpModule = quiet_module
 
@@ -358,3 +360,27 @@ class DeviceLoaderTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedMemoryTest(TempDirTest):
+    def test_a_full_dev_shm_is_one_line_that_says_what_to_do(self):
+        # A private mount namespace with a /dev/shm of 64 KiB: one batch of 16 images does not fit.
+        mount = "mount -t tmpfs -o size=64k tmpfs /dev/shm"
+        try:
+            probe = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True,
+                                   text=True, timeout=60)
+        except OSError as error:
+            self.skipTest(f"unshare cannot run here: {error}")
+        if probe.returncode != 0:
+            self.skipTest("no private mount namespace with a small /dev/shm here (unshare -m "
+                          f"and mount need root): {probe.stderr.strip()}")
+        command = ["unshare", "-m", "sh", "-c", f'{mount} && exec "$0" "$@"', sys.executable,
+                   str(HERE / "lab.py"), "c2", "--dataset", "synthetic", "--train-size", "64",
+                   "--test-size", "20", "--batch-size", "16", "--epochs", "1",
+                   "--num-workers", "2", "--out", self.out]
+        done = subprocess.run(command, cwd=HERE, capture_output=True, text=True, timeout=300)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
+        self.assertIn("lab.py: error: the DataLoader's workers ran out of shared memory in "
+                      "/dev/shm (it holds 0.0625 MiB): use --num-workers 0", done.stderr)
+        self.assertIn("--shm-size", done.stderr)

@@ -7,6 +7,7 @@ mis-folded it would show.
 """
 
 import os
+import pickle
 import tempfile
 import unittest
 import warnings
@@ -17,7 +18,7 @@ import torch
 import infer
 import lab
 from resnet import ResNet18
-from testkit import TOLERANCE, network, quiet_module, relative_difference
+from testkit import TOLERANCE, network, quiet_module, relative_difference, run_lab
 
 setUpModule = quiet_module
 
@@ -181,3 +182,53 @@ class TestTraceVersusScript(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CheckpointFaultTest(unittest.TestCase):
+    """A checkpoint that does not hold what infer needs ends in one line, ours alone."""
+
+    def setUp(self):
+        self.folder = tempfile.TemporaryDirectory()
+        self.addCleanup(self.folder.cleanup)
+
+    def saved(self, state):
+        path = os.path.join(self.folder.name, "checkpoint.pt")
+        torch.save(state, path)
+        return path
+
+    def run_infer(self, path):
+        with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+            warnings.simplefilter("always")  # torch's warnings, however often they were shown
+            return run_lab("infer", "--checkpoint", path, "--out", out)
+
+    def test_a_value_that_is_not_a_tensor(self):
+        state = ResNet18().state_dict()
+        state["conv1.weight"] = 0
+        with self.assertRaisesRegex(infer.InferError, r"1 not a tensor: conv1\.weight \(int\)"):
+            infer.load_model(config(checkpoint=self.saved(state)))
+        status, _, err = self.run_infer(self.saved(state))
+        self.assertEqual((status, len(err.strip().splitlines())), (2, 1), err)
+
+    def test_a_plain_pickle_gets_our_line_alone(self):
+        path = os.path.join(self.folder.name, "plain.pkl")
+        with open(path, "wb") as file:
+            pickle.dump({"conv1.weight": [0.0]}, file, protocol=4)
+        status, _, err = self.run_infer(path)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)  # no UserWarning around it
+        self.assertIn(f"cannot read checkpoint {path}: it is not a state_dict that torch.save "
+                      "wrote", err)
+        self.assertNotIn("weights_only", err)  # torch's advice would run the file's code
+
+
+class BatchMemoryTest(unittest.TestCase):
+    def test_a_batch_larger_than_free_memory_is_refused_before_it_is_made(self):
+        huge = config(infer_batch_sizes=(1, 100_000_000))
+        with mock.patch.object(torch, "randn", side_effect=AssertionError("allocated")):
+            with self.assertRaisesRegex(infer.InferError, r"--batch-sizes 1,100000000 needs "
+                                        r"about .* GiB of memory .* ask for smaller batches"):
+                infer.infer(huge)
+        with mock.patch.object(infer, "available_memory", return_value=2**30):
+            infer.check_memory([1, 128], torch.device("cpu"))  # 0.13 GiB: fits in 1 GiB
+            with self.assertRaisesRegex(infer.InferError, "1.0 GiB is free on cpu"):
+                infer.check_memory([1, 2048], torch.device("cpu"))

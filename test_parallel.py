@@ -20,6 +20,7 @@ import textwrap
 import time
 import unittest
 from dataclasses import asdict
+from unittest import mock
 
 import torch
 import torch.multiprocessing as mp
@@ -389,3 +390,24 @@ class LabUnderTorchrunTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LauncherPortTest(unittest.TestCase):
+    def test_a_launchers_busy_master_port_is_one_line(self):
+        from test_lab import TINY, run_lab  # here: the processes spawned above need no lab.py
+        with socket.socket() as holder, tempfile.TemporaryDirectory() as out, \
+                mock.patch.dict(os.environ, torchrun_environment(0, 1, 0)):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            os.environ["MASTER_PORT"] = str(port)
+            threads = torch.get_num_threads()
+            self.addCleanup(torch.set_num_threads, threads)  # start() shares out the cores
+            status, _, err = run_lab("c2", *TINY, "--out", out)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn(f"lab.py: error: cannot start the process group at 127.0.0.1:{port} "
+                      "(MASTER_ADDR:MASTER_PORT): the port is in use by another program; "
+                      "choose a free MASTER_PORT", err)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(torch.distributed.is_initialized())

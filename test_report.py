@@ -20,6 +20,7 @@ import data
 import lab
 import render
 import report
+from machine import worker_limit
 from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
 
 setUpModule = quiet_module
@@ -84,7 +85,8 @@ class ResultsFolderTest(TempDirTest):
         for stderr in (Unwritable(), None):
             with self.subTest(stderr=stderr), contextlib.redirect_stdout(io.StringIO()), \
                     contextlib.redirect_stderr(stderr):
-                status = lab.main(["c3", *TINY, "--max-workers", "0", "--repeats", "1",
+                status = lab.main(["c3", "--dataset", "synthetic", "--train-size", "32",
+                                   "--batch-size", "16", "--max-workers", "0", "--repeats", "1",
                                    "--out", self.out])
                 self.assertEqual(status, 0)
                 self.assertTrue(self.load("c3")["complete"])
@@ -366,3 +368,71 @@ class ReportTrustTest(TempDirTest):
         report.code_version.cache_clear()
         self.assertTrue(report.code_version(str(repo))["local_changes"])
         report.code_version.cache_clear()
+
+
+class LockFolderTest(TempDirTest):
+    def test_a_folder_named_lock_in_the_results_folder_is_one_line(self):
+        os.makedirs(os.path.join(self.out, ".lock"))
+        status, _, err = run_lab("q1", "--out", self.out)
+        one_line(self, status, err, f"--out {self.out} cannot be locked: {self.out}/.lock "
+                                    "cannot be opened as a file (Is a directory)")
+
+
+# C6 and C3 as the tests train them: synthetic slices, no sweep.
+SMALL = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20", "--batch-size",
+         "16", "--epochs", "1"]
+
+
+class ResultsReadBackTest(TempDirTest):
+    """What a later run reads from a results file is checked as that reader uses it."""
+
+    def test_c7_does_not_reuse_a_c6_sgd_run_trimmed_of_what_c7_prints(self):
+        status, _, err = run_lab("c6", *SMALL, "--best-workers", "0", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        c6 = self.load("c6")
+        del c6["runs"]["sgd"]["model"]["batchnorm_layers"]  # C6's own tables never print it
+        Path(self.out, "c6.json").write_text(json.dumps(c6))
+        self.assertEqual(report.read_result(os.path.join(self.out, "c6.json"), "c6",
+                                            lab.EXERCISES["c6"].render)[1], None)
+        status, out, err = run_lab("c7", *SMALL, "--best-workers", "0", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        self.assertIn("c7: not using", err)
+        self.assertIn("c6.json's SGD run cannot be shown (KeyError: 'batchnorm_layers')", err)
+        c7 = self.load("c7")
+        self.assertEqual(c7["batch_norm_source"], "a fresh run")
+        self.assertEqual(c7["runs"]["with_bn"]["model"]["batchnorm_layers"], 20)
+        self.assertIn("The BatchNorm run is a fresh run.", out)
+
+    def test_a_c3_json_naming_more_workers_than_an_option_may_is_swept_again(self):
+        status, _, err = run_lab("c3", "--dataset", "synthetic", "--train-size", "32",
+                                 "--batch-size", "16", "--max-workers", "0", "--repeats", "1",
+                                 "--out", self.out)
+        self.assertEqual(status, 0, err)
+        c3 = self.load("c3")
+        too_many = worker_limit() + 1
+        c3["best_workers"] = c3["points"][0]["num_workers"] = too_many  # drawn, ranked, renders
+        path = Path(self.out, "c3.json")
+        path.write_text(json.dumps(c3))
+        self.assertIsNotNone(lab.EXERCISES["c3"].render(c3))
+        saved, why = report.read_result(str(path), "c3", lab.EXERCISES["c3"].render)
+        self.assertIsNone(saved)
+        self.assertIn(f"has num_workers = {too_many}, more workers than a run may ask for here "
+                      f"(at most {worker_limit()}", why)
+        cfg = lab.Config(**{**c3["config"], "out": self.out})
+        err = io.StringIO()
+        with mock.patch.object(lab, "c3_worker_sweep", return_value={"best_workers": 0}) as swept, \
+                contextlib.redirect_stderr(err):
+            best, source = lab.best_worker_count(cfg)
+        self.assertEqual((best, swept.call_count), (0, 1))
+        self.assertTrue(source.startswith("a sweep run now"), source)
+        self.assertIn("c4-c7: not using", err.getvalue())
+
+    def test_report_md_does_not_trust_a_file_without_its_header_line(self):
+        status, _, err = run_lab("q1", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        q1 = self.load("q1")
+        del q1["device"]  # REPORT.md's line under the heading names the device
+        Path(self.out, "q1.json").write_text(json.dumps(q1))
+        text = Path(report.write_report(lab.Config(out=self.out), lab.EXERCISES)).read_text()
+        self.assertIn("## Q1: convolutional layers\n\nNot shown:", text)
+        self.assertIn("cannot be shown (KeyError: 'device')", text)
