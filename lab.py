@@ -7,7 +7,8 @@
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
 and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The printing is in
-render.py, the results files and REPORT.md in report.py, the command line in cli.py.
+render.py, the charts in charts.py, the results files and REPORT.md in report.py, the command
+line in cli.py.
 """
 
 import signal
@@ -28,6 +29,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+import charts
 import cli
 import render
 import report
@@ -571,25 +573,28 @@ class Exercise:
     data_parallel: bool = False    # trains data-parallel when launched by torchrun
     batch_sizes: str = None        # the Config field that --batch-sizes sets
     in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
-    chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
+    chart: callable = None         # chart(result, path) -> bool: a PNG (charts.py), if matplotlib
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
                    names_settings=True, data_parallel=True),
     "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
-                   profiles=True, data_parallel=True),
+                   profiles=True, data_parallel=True, chart=charts.chart_c2),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
-                   chart=render.c3_chart_png),
+                   chart=charts.chart_c3),
     "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
-                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True),
+                   render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True,
+                   chart=charts.chart_c4),
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
-                   takes_best_workers=True),
+                   takes_best_workers=True, chart=charts.chart_c5),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   chart=charts.chart_c6),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
-                   names_settings=True, takes_best_workers=True, data_parallel=True),
+                   names_settings=True, takes_best_workers=True, data_parallel=True,
+                   chart=charts.chart_c7),
     # The questions read only the model and take a second: no data, nothing to save midway.
     "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
                    uses_data=False, saves_progress=False),
@@ -603,15 +608,16 @@ EXERCISES = {
                         render.render_summary, uses_data=False, saves_progress=False),
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", c8_compile, render.render_c8,
-                   uses_data=False, in_lab=False),
+                   uses_data=False, in_lab=False, chart=charts.chart_c8),
     "bench": Exercise("Speed ladder: images/s of each option against the default", bench,
-                      render.render_bench, uses_data=False, in_lab=False),
+                      render.render_bench, uses_data=False, in_lab=False,
+                      chart=charts.chart_bench),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer,
                       render.render_infer, uses_data=False, in_lab=False,
-                      batch_sizes="infer_batch_sizes"),
+                      batch_sizes="infer_batch_sizes", chart=charts.chart_infer),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp_study, render.render_ddp, uses_data=False, in_lab=False,
-                    batch_sizes="ddp_batch_sizes"),
+                    batch_sizes="ddp_batch_sizes", chart=charts.chart_ddp),
 }
 
 
