@@ -76,12 +76,17 @@ def legend_below(figure, axes, columns=4):
 
 
 def save(plt, figure, path):
-    """Write the PNG atomically (a reader never sees half a chart) and free the figure."""
+    """Write the PNG atomically (a reader never sees half a chart) and free the figure; True
+    if saved. A chart that cannot be written (a full disk) is one line, and the run goes on:
+    its results are saved already."""
     figure.tight_layout()
     temporary = f"{path}.tmp"
     try:
         figure.savefig(temporary, format="png", dpi=DPI, bbox_inches="tight")
         os.replace(temporary, path)
+    except OSError as error:
+        notice(f"charts: cannot save {path}: {error.strerror or error}")
+        return False
     finally:
         plt.close(figure)
         if os.path.exists(temporary):
@@ -344,43 +349,44 @@ def chart_infer(result, path):
 
 
 def chart_ddp(result, path):
-    """ddp: images/s per world size (a line per batch per process, dashed: linear scaling),
-    and each run's step split into computation and the communication beyond it."""
+    """ddp: images/s per world size, a line per batch per process against linear scaling
+    (dashed), and each run's step split into computation and the communication beyond it."""
     plt = pyplot()
     if plt is None:
         return False
     ok = [run for run in result["runs"] if run["ok"]]
     figure, (rate, step) = figure_with(plt, panels=2, width=WIDTH + 1)
-    for index, batch in enumerate(result["batch_sizes"]):
+    batches = result["batch_sizes"]
+    for index, batch in enumerate(batches):
         runs = [run for run in ok if run["batch_per_rank"] == batch]
-        if not runs:
-            continue
+        shade = plt.cm.viridis(0.8 * index / max(len(batches) - 1, 1))  # not a palette colour
         sizes = [run["world_size"] for run in runs]
-        line, = rate.plot(sizes, [run["images_per_second"] for run in runs], marker="o",
-                          color=OTHER_COLOURS[index], label=f"batch {batch} per process")
+        rate.plot(sizes, [run["images_per_second"] for run in runs], marker="o", color=shade,
+                  label=f"batch {batch} per process")
         base = next((run for run in runs if run["world_size"] == 1), None)
         if base is not None:
             rate.plot(sizes, [n * base["images_per_second"] for n in sizes], linestyle="--",
-                      color=line.get_color(), alpha=0.6)
+                      color=shade, alpha=0.6)
+    rate.plot([], [], linestyle="--", color="gray", label="linear scaling from 1 process")
     rate.set_xticks(result["world_sizes"])
-    rate.set(title="throughput (dashed: linear scaling)", xlabel="processes",
-             ylabel="images per second (all processes)")
+    rate.set(title="throughput", xlabel="processes", ylabel="images per second (all processes)")
     rate.set_ylim(bottom=0)
-    rate.legend(loc="upper left", fontsize=8)
-    labels = [f"{run['world_size']} × {run['batch_per_rank']}" for run in ok]
     computation = [1000 * run["computation_time"] for run in ok]
     communication = [1000 * max(run["communication_time"], 0.0) for run in ok]
+    below_zero = any(run["communication_time"] < 0 for run in ok)
     step.bar(range(len(ok)), computation, color=colour("computation"),
-             label="computation (step under no_sync)")
+             label="computation (the step under no_sync)")
     step.bar(range(len(ok)), communication, bottom=computation, color=colour("communication"),
-             label="communication beyond it (below 0: drawn as 0)")
-    step.set_xticks(range(len(ok)), labels)
+             label="communication beyond it" + (" (below 0: drawn as 0)" if below_zero else ""))
+    step.set_xticks(range(len(ok)), [f"{r['world_size']} × {r['batch_per_rank']}" for r in ok])
     step.set(title="one training step", xlabel="processes × batch per process",
              ylabel="milliseconds per step")
     failed = len(result["runs"]) - len(ok)
     figure.suptitle(f"ddp: data-parallel scaling on {result['study_device']}"
                     + (f" ({failed} run{'s' * (failed > 1)} failed)" if failed else ""))
-    legend_below(figure, step, columns=2)
+    handles = [h for each in (rate, step) for h in each.get_legend_handles_labels()[0]]
+    figure.legend(handles, [h.get_label() for h in handles], loc="upper center",
+                  bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return save(plt, figure, path)
 
 
