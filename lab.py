@@ -7,8 +7,8 @@
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
 and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The lab's printing is
-in render.py (bench, c8, infer and ddp print from their own modules), the results files and
-REPORT.md in report.py, the command line in cli.py.
+in render.py (bench, c8, infer and ddp print from their own modules), the charts in charts.py,
+the results files and REPORT.md in report.py, the command line in cli.py.
 """
 
 import signal
@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+import charts
 import cli
 import ddp
 import infer
@@ -584,28 +585,28 @@ class Exercise:
     takes: tuple = ()              # Config fields of its own: no other exercise reads them
     ignores: tuple = ()            # Config fields it never reads: their options are refused
     in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
-    chart: callable = None         # chart(result, path) -> bool: a PNG, where matplotlib is
+    chart: callable = None         # chart(result, path) -> bool: a PNG (charts.py), if matplotlib
 
 
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
                    names_settings=True, data_parallel=True, trains="epochs"),
     "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
-                   profiles=True, data_parallel=True, trains="epochs"),
+                   profiles=True, data_parallel=True, trains="epochs", chart=charts.chart_c2),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
-                   chart=render.c3_chart_png, saves_each="worker count", ignores=("batch_norm",)),
+                   chart=charts.chart_c3, saves_each="worker count", ignores=("batch_norm",)),
     "c4": Exercise("C4: profiling, 1 worker against the best", c4_workers_compared,
                    render.render_c4, profiles=True, sweeps_workers=True, takes_best_workers=True,
-                   trains="epochs"),
+                   trains="epochs", chart=charts.chart_c4),
     "c5": Exercise("C5: training on the GPU against the CPU", c5_cpu_vs_gpu, render.render_c5,
-                   takes_best_workers=True, trains="epochs"),
+                   takes_best_workers=True, trains="epochs", chart=charts.chart_c5),
     "c6": Exercise("C6: experimenting with optimizers", c6_optimizers, render.render_c6,
                    names_settings=True, takes_best_workers=True, data_parallel=True,
-                   trains="epochs", ignores=("optimizer",)),
+                   trains="epochs", ignores=("optimizer",), chart=charts.chart_c6),
     "c7": Exercise("C7: experimenting without BatchNorm", c7_without_batchnorm, render.render_c7,
                    names_settings=True, takes_best_workers=True, data_parallel=True,
-                   trains="epochs", ignores=("optimizer", "batch_norm")),
+                   trains="epochs", ignores=("optimizer", "batch_norm"), chart=charts.chart_c7),
     # The questions read only the model and take a second: no data, nothing to save midway.
     "q1": Exercise("Q1: convolutional layers", q1_conv_layers, render.render_q1,
                    uses_data=False, saves_progress=False, ignores=("seed", "device")),
@@ -622,17 +623,18 @@ EXERCISES = {
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
                    speed.render_c8, uses_data=False, in_lab=False, saves_each="mode",
-                   trains="epochs", picks_slice=True, ignores=("compile",)),
+                   trains="epochs", picks_slice=True, ignores=("compile",), chart=charts.chart_c8),
     "bench": Exercise("Speed ladder: images/s of each option against the default", speed.bench,
                       speed.render_bench, uses_data=False, in_lab=False, saves_each="table",
-                      trains="steps", picks_slice=True),
+                      trains="steps", picks_slice=True, chart=charts.chart_bench),
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
                       infer.render_infer, uses_data=False, in_lab=False,
-                      batch_sizes="infer_batch_sizes", saves_each="way", takes=("checkpoint",)),
+                      batch_sizes="infer_batch_sizes", saves_each="way", takes=("checkpoint",),
+                      chart=charts.chart_infer),
     "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
                     ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
                     batch_sizes="ddp_batch_sizes", saves_each="run", trains="steps",
-                    takes=("max_procs", "ddp_steps")),
+                    takes=("max_procs", "ddp_steps"), chart=charts.chart_ddp),
 }
 
 

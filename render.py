@@ -252,28 +252,6 @@ def explain_cores(points, winner, cores):
                    "which.")
 
 
-def c3_chart_png(result, path):
-    """Save C3's chart as a PNG where matplotlib happens to be installed; True if saved."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    points = result["points"]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    axes.errorbar([p["num_workers"] for p in points], [p["median"] for p in points],
-                  yerr=[[p["median"] - p["min"] for p in points],
-                        [p["max"] - p["median"] for p in points]], marker="o", capsize=3)
-    axes.set_xlabel("DataLoader workers")
-    axes.set_ylabel("seconds per epoch (median)")
-    axes.set_title("C3: data loading time against workers")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
-
-
 def render_c4(result):
     runs = result["runs"]
     names = {"one_worker": "1 worker", "best": f"{result['best_workers']} workers (best)"}

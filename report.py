@@ -147,7 +147,7 @@ def show_result(name, exercise, cfg, result, stream):
         if exercise.chart(result, chart_path):
             saved.append(chart_path)
         else:
-            note = "; no chart: it needs matplotlib (pip install matplotlib)"
+            note = "; no chart drawn"  # charts.py said why: no matplotlib, or a full disk
     show(f"\n(saved to {', '.join(saved)}{note})", stream)
 
 
@@ -335,7 +335,8 @@ def run_all(cfg, exercises, force=False, stream=None):
 
 
 def write_report(cfg, exercises):
-    """Write <out>/REPORT.md from the results files there; return its path.
+    """Write <out>/REPORT.md from the results files there, each chart under its section;
+    return its path.
 
     Every exercise of the lab gets a section, "Not run." when it has no results yet; the
     exercises beyond the lab, which `all` does not run, get one when their results are there.
@@ -361,11 +362,30 @@ def write_report(cfg, exercises):
             sections.append(exercise.render(saved) + "\n")
         except (KeyError, TypeError, ValueError, StopIteration, ZeroDivisionError):
             sections.append("The saved results are too incomplete to show.\n")
-        if exercise.chart is not None and os.path.exists(os.path.join(cfg.out, f"{name}.png")):
-            sections.append(f"![{name} chart]({name}.png)\n")
+        if exercise.chart is not None and chart_is_drawn(name, exercise, saved, cfg.out):
+            sections.append(f"![{exercise.title}]({name}.png)\n")
     path = os.path.join(cfg.out, "REPORT.md")
     write_text(path, report_header(cfg, first, sliced) + "\n".join(sections))
     return path
+
+
+def chart_is_drawn(name, exercise, saved, out):
+    """Whether <out>/<name>.png shows the figures of <out>/<name>.json.
+
+    A chart missing or older than its results file is drawn from them first, where matplotlib
+    is installed; one that still is not there, or still older, is not shown.
+    """
+    chart, results = os.path.join(out, f"{name}.png"), os.path.join(out, f"{name}.json")
+
+    def fresh():
+        return os.path.isfile(chart) and os.path.getmtime(chart) >= os.path.getmtime(results)
+
+    if not fresh():
+        try:
+            exercise.chart(saved, chart)
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+            pass  # an interrupted run too incomplete to draw: its section shows the tables
+    return fresh()
 
 
 def report_header(cfg, sample, sliced=None):
