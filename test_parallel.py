@@ -12,7 +12,6 @@ minute, most of it importing torch in every process.
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import lab
 import parallel
 import report
 from resnet import ResNet18
-from testkit import quiet_module
+from testkit import free_port, quiet_module, torchrun_environment
 from train import make_optimizer, train_step
 
 setUpModule = quiet_module
@@ -41,19 +40,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY_C2 = ["c2", "--dataset", "synthetic", "--train-size", "24", "--test-size", "8",
            "--batch-size", "4", "--epochs", "1", "--num-workers", "0"]
 SHORT_TIMEOUT = datetime.timedelta(seconds=60)  # a broken test fails in a minute, not five
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def torchrun_environment(rank, world_size, port):
-    """What torchrun would give process `rank` of a one-machine world."""
-    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port)}
 
 
 def join(rank, world_size, port):
