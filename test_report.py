@@ -224,18 +224,20 @@ class ReportTest(TempDirTest):
         c4 = self.load("c4")
         self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
         # The oracle: every key the results files had before the layout change is still there;
-        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count and
-        # each epoch's last step.
+        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count,
+        # each epoch's last step, whether a run warmed the device up and where C7's BatchNorm
+        # run came from.
         expected = json.loads((HERE / "test_results_keys.json").read_text())
         for name, keys in expected.items():
             found = flat_keys(self.load(name))
             self.assertEqual(set(keys) - found, set(), name)
             added = {key for key in found - set(keys) if not key.startswith("/config/")
-                     and not key.endswith("/last_train_time")}
-            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source"}, name)
+                     and not key.endswith(("/last_train_time", "/warmed_up"))}
+            self.assertLessEqual(added, {"/code", "/best_workers", "/best_source",
+                                         "/batch_norm_reused_from"}, name)
 
     def test_a_negative_communication_time_is_not_a_broken_file(self):
-        self.assertIsNone(report.MEASURE.match("communication_time"))  # a difference: may be < 0
+        self.assertIsNone(report.MEASURE.match("exposed_communication_time"))  # may be < 0
         self.assertIsNotNone(report.MEASURE.match("train_time"))      # a duration: never < 0
 
 
