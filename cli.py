@@ -144,7 +144,7 @@ def add_beyond_options(beyond, d):
     beyond.add_argument("--batch-sizes", type=batch_sizes, metavar="N,N,...",
                         help="infer: the batch sizes to time (default: "
                              f"{','.join(map(str, d.infer_batch_sizes))}); ddp: the batches "
-                             f"per process (default: {','.join(map(str, d.ddp_batch_sizes))})")
+                             f"per process (default: {_per_device(ddp.STUDY_BATCH_SIZES)})")
     beyond.add_argument("--sync-bn", action="store_true",
                         help="under torchrun: SyncBatchNorm, statistics over the global batch "
                              "(needs CUDA; default: each process normalises its own batch)")
@@ -152,10 +152,18 @@ def add_beyond_options(beyond, d):
                         help="ddp: world sizes 1, 2, 4, ... up to N (default: the GPUs, or 2 "
                              "on a CPU)")
     beyond.add_argument("--steps", dest="ddp_steps", type=positive_int, metavar="N",
-                        help="ddp: timed steps per run (default: 20 on a GPU, 1 on a CPU)")
+                        help="ddp: timed steps of each kind, full and no_sync, per run "
+                             f"(default: {_per_device(ddp.STUDY_STEPS)})")
     beyond.add_argument("--checkpoint", metavar="FILE",
                         help="infer: a saved state_dict of ResNet-18 to load (default: fresh "
                              "weights from --seed)")
+
+
+def _per_device(table):
+    """A per-device default for a help text: "8,32,128 on a CPU, 32,128,512 on a GPU"."""
+    def shown(value):
+        return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f"{shown(table['cpu'])} on a CPU, {shown(table['cuda'])} on a GPU"
 
 
 def batch_sizes(text):

@@ -1,17 +1,21 @@
 """The data-parallel scaling study: `python lab.py ddp`.
 
-    python lab.py ddp --max-procs 2      # world sizes 1 and 2 x batches 32, 128 and 512
+    python lab.py ddp --max-procs 2      # world sizes 1 and 2 x batches 8, 32 and 128
 
 For each world size and batch per process, ddp_study launches torchrun on the measuring
-process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times a DDP training
-step with the gradient all-reduce and under `model.no_sync()` (computation only), and an
-all-reduce of ResNet-18's gradients on its own; render_ddp prints what the figures show. The
-building blocks (the process group, the sampler, DDP, the sums over ranks) are in parallel.py.
+process (`lab.py ddp-worker CONFIG OUT`, the run's Config as JSON), which times DDP training
+steps in turn with the gradient all-reduce and under `model.no_sync()` (computation only), and
+an all-reduce of ResNet-18's gradients on its own. The difference of the two steps is the
+exposed communication: what the overlap with the backward pass leaves visible of the
+all-reduce. render_ddp prints what the figures show. The building blocks (the process group,
+the sampler, DDP, the sums over ranks) are in parallel.py.
 """
 
+import copy
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,13 +28,20 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from machine import usable_cores
-from parallel import DistributedError, same_initial_weights, start, stop, world_facts, wrap
+from parallel import (DistributedError, ranks_differing, same_initial_weights, start, stop,
+                      weights_digest, world_facts, wrap)
 from render import markdown_table, one_line, percent, ratio
 from timing import Timer
 from train import make_model, make_optimizer, train_step
 
-STUDY_STEPS = {"cpu": 1, "cuda": 20}    # timed steps per run: a CPU step at batch 512 takes 30 s
-STUDY_WARMUP = {"cpu": 1, "cuda": 5}
+# Per device type: the batches per process, and the untimed and timed steps of each kind per
+# run. Warm-up needs 2 at least (DDP rebuilds its buckets in the step after the first
+# synchronised one, whatever its kind: with 2, a pair of each kind follows the rebuild). On
+# two CPU cores a step at batch 128 takes seconds per process, so the CPU's batches are small
+# enough for 5 pairs of steps each in a few minutes.
+STUDY_BATCH_SIZES = {"cpu": (8, 32, 128), "cuda": (32, 128, 512)}
+STUDY_WARMUP = {"cpu": 2, "cuda": 5}
+STUDY_STEPS = {"cpu": 5, "cuda": 20}
 ALL_REDUCE_REPEATS = 10
 RUN_LIMIT_S = 3600                      # one torchrun of the study; a hang is killed after this
 WORKER = "ddp-worker"                   # lab.py ddp-worker CONFIG OUT: one run of the study
@@ -87,36 +98,63 @@ def timed(step, world):
     return timer.elapsed
 
 
+def schedule(warmup, steps):
+    """The study's steps in order, as (kind, timed): `warmup` untimed rounds, then `steps`
+    timed ones, each round a full step and then a no_sync step, so that a load coming and
+    going on the machine hits both kinds alike."""
+    return [(kind, timed_round) for timed_round in [False] * warmup + [True] * steps
+            for kind in ("full", "no_sync")]
+
+
 def measure_steps(cfg, world, warmup):
     """Per-step seconds of the full DDP step and of the same step under no_sync().
 
     The full step averages the gradients with an all-reduce during the backward pass; under
-    `model.no_sync()` DDP skips it, so that step is the computation alone. The two alternate,
-    so a load coming and going on the machine hits both alike.
+    `model.no_sync()` DDP skips it, so that step is the computation alone. Both are the whole
+    train_step, optimizer step included. Before anything is timed come `warmup` untimed steps
+    of each kind (at least 2): the first steps allocate memory and pick kernels, and DDP
+    rebuilds its gradient buckets, in the order the first backward pass produced them, at
+    the start of the step after the first synchronised one. The no_sync step's update comes
+    from this rank's gradient alone, so it is undone after its window: the replicas stay
+    equal, as the study checks at the end. DDP is built without buffer broadcasts
+    (sync_buffers=False): by default a full step after a full step broadcasts BatchNorm's
+    buffers and one after a no_sync step does not, which would tilt the difference.
     """
     device = torch.device(world.device)
     model = make_model(cfg, device)
     initial_weights = same_initial_weights(model, world)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    model = wrap(model, world)
+    model = wrap(model, world, sync_buffers=False)
     images, labels = fixed_batch(cfg.batch_size, cfg.seed + world.rank, device)
     criterion = nn.CrossEntropyLoss()
     losses = []
 
-    def step():
+    def full_step():
         losses.append(train_step(model, optimizer, criterion, images, labels)[1].detach())
 
-    for _ in range(warmup):  # the first steps allocate memory and pick kernels
-        step()
-    full, computation = [], []
-    for _ in range(cfg.ddp_steps):
-        full.append(timed(step, world))
+    def step(kind, clock):
+        if kind == "full":
+            return clock(full_step)
+        saved = copy.deepcopy((model.module.state_dict(), optimizer.state_dict()))
         with model.no_sync():
-            computation.append(timed(step, world))
+            seconds = clock(lambda: train_step(model, optimizer, criterion, images, labels))
+        model.module.load_state_dict(saved[0])  # copied into the same tensors, in place
+        optimizer.load_state_dict(saved[1])
+        return seconds
+
+    times = {"full": [], "no_sync": []}
+    for kind, timed_round in schedule(warmup, cfg.ddp_steps):
+        if timed_round:
+            times[kind].append(step(kind, lambda call: timed(call, world)))
+        else:
+            step(kind, lambda call: call())
+    final = weights_digest(model.module, buffers=False)
     return {"initial_weights_sha256": initial_weights,
             "gradient_floats": sum(p.numel() for p in model.parameters()),
-            "full_step": slowest_rank(full, world),
-            "computation_step": slowest_rank(computation, world),
+            "buffer_bytes": sum(b.numel() * b.element_size() for b in model.module.buffers()),
+            "full_step": slowest_rank(times["full"], world),
+            "computation_step": slowest_rank(times["no_sync"], world),
+            "parameters_differ_on": ranks_differing(final, world)[1],
             "final_loss": losses[-1].item()}
 
 
@@ -140,6 +178,8 @@ def run_worker(cfg, out):
     begin = time.perf_counter()
     world = start(cfg.device)
     init_time = time.perf_counter() - begin
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # as in train.fit: autotune the convolutions
     warmup = STUDY_WARMUP.get(cfg.device, STUDY_WARMUP["cpu"])
     try:
         figures = measure_steps(cfg, world, warmup)
@@ -185,7 +225,8 @@ def ddp_study(cfg, save=None):
     max_procs = cfg.max_procs
     if max_procs is None:
         max_procs = max(1, torch.cuda.device_count()) if device == "cuda" else 2
-    batch_sizes = tuple(cfg.ddp_batch_sizes)
+    batch_sizes = tuple(cfg.ddp_batch_sizes or STUDY_BATCH_SIZES.get(device,
+                                                                      STUDY_BATCH_SIZES["cpu"]))
     steps = cfg.ddp_steps or STUDY_STEPS.get(device, STUDY_STEPS["cpu"])
     warmup = STUDY_WARMUP.get(device, STUDY_WARMUP["cpu"])
     world_sizes = sorted({2 ** k for k in range(max(max_procs, 1).bit_length())} | {max_procs})
@@ -270,21 +311,39 @@ def failure_reason(returncode, stderr):
 
 
 def summarize_record(record):
-    """The worker's raw timings as the study reports them (times in seconds, per step)."""
+    """The worker's raw timings as the study reports them: medians over the timed steps, with
+    their spread (min, max), in seconds per step.
+
+    Exposed communication is the median over the pairs (a full step and the no_sync step
+    after it) of full minus no_sync: what the overlap with the backward pass leaves visible
+    of the all-reduce, plus DDP's copies of the gradients into its buckets and back. It is
+    clear of the noise only when every pair's difference has the same sign. With 1 process
+    there is no other rank to exchange with, so there is none.
+    """
     world = record["world"]
     n, global_batch = world["world_size"], world["global_batch"]
     full, computation = record["full_step"], record["computation_step"]
-    step_time = sum(full) / len(full)
-    computation_time = sum(computation) / len(computation)
-    communication_time = step_time - computation_time  # what the all-reduce adds, not hidden
+    step_time = statistics.median(full)
     summary = {"backend": world["backend"], "threads_per_rank": world["threads_per_rank"],
                "init_time": record["init_time"], "steps": record["steps"],
-               "images_per_second": global_batch * len(full) / sum(full),
-               "step_time": step_time, "computation_time": computation_time,
-               "communication_time": communication_time,
-               "communication_share": communication_time / step_time,
+               "warmup": record["warmup"], "full_steps": full, "computation_steps": computation,
+               "images_per_second": global_batch / step_time,
+               "step_time": step_time, "step_spread": [min(full), max(full)],
+               "computation_time": statistics.median(computation),
+               "computation_spread": [min(computation), max(computation)],
+               "exposed_communication_time": None, "exposed_communication_spread": None,
+               "exposed_communication_clear": None, "exposed_communication_share": None,
+               "buffer_bytes": record["buffer_bytes"],
+               "parameters_differ_on": record["parameters_differ_on"],
                "initial_weights_sha256": record["initial_weights_sha256"],
                "final_loss": record["final_loss"], "all_reduce": None}
+    if n > 1:
+        pairs = [f - c for f, c in zip(full, computation)]
+        exposed = statistics.median(pairs)
+        summary.update(exposed_communication_time=exposed,
+                       exposed_communication_spread=[min(pairs), max(pairs)],
+                       exposed_communication_clear=min(pairs) > 0 or max(pairs) < 0,
+                       exposed_communication_share=exposed / step_time)
     seconds = record["all_reduce_time"]
     if seconds is not None:
         nbytes = 4 * record["gradient_floats"]  # float32
@@ -309,24 +368,64 @@ def render_ddp(result):
     rows = [[r["world_size"], r["batch_per_rank"], r["global_batch"],
              f"{r['images_per_second']:.1f}", ratio(r["speedup"]),
              percent(_hundred(r["efficiency"])),
-             f"{1000 * r['computation_time']:.1f}", f"{1000 * r['communication_time']:.1f}",
-             percent(_hundred(r["communication_share"]))] for r in ok]
+             _with_spread(r["step_time"], r["step_spread"]),
+             _with_spread(r["computation_time"], r["computation_spread"]), *_exposed_cells(r)]
+            for r in ok]
     text = markdown_table(["processes", "batch per process", "global batch", "images/s",
-                           "speed-up", "efficiency", "computation (ms)",
-                           "communication (ms)", "communication share"], rows, align="r" * 9)
+                           "speed-up", "efficiency", "step (ms)", "computation (ms)",
+                           "exposed communication (ms)", "pairs' range (ms)", "share of step"],
+                          rows, align="r" * 11)
     text += "".join(f"\n- {r['world_size']} × batch {r['batch_per_rank']}: failed: "
                     f"{r['reason']}" for r in runs if not r["ok"])
-    text += (f"\n\n{result['study_device']}, {result['steps']} timed step(s) of each kind after "
-             f"{result['warmup']} warm-up step(s); speed-up against 1 process at the same "
-             "batch per process; computation is the step under no_sync() (no all-reduce), "
-             "communication what the full step takes beyond it.\n")
+    buffers = f"{ok[0]['buffer_bytes'] / 1e3:.0f} kB" if ok else "its buffers"
+    text += (f"\n\n{result['study_device']}, {result['steps']} timed steps of each kind, a full "
+             f"step and a no_sync step in turn, after {result['warmup']} untimed of each kind "
+             "(DDP rebuilds its gradient buckets in the step after the first synchronised "
+             "one); each time is "
+             "the median over the timed steps (min-max in brackets), the slowest rank's. "
+             "Speed-up is against 1 process at the same batch per process. Computation is the "
+             "step under no_sync(), without the all-reduce; its update is undone after its "
+             "window, so the replicas stay equal. Exposed communication is the median, over the "
+             "pairs, of the full step minus the no_sync step: what the overlap with the backward "
+             "pass leaves visible of the all-reduce, plus DDP's copies of the gradients into its "
+             "buckets and back. It is within the noise when the pairs' range includes zero. "
+             f"Neither kind of step broadcasts BatchNorm's buffers ({buffers}; DDP's default, "
+             "which the lab's training keeps, broadcasts them before a forward pass that "
+             "follows a synchronised one).\n")
     for line in _all_reduce_lines(ok):
         text += f"\n{line}"
     if ok:
         text += "\n\n" + " ".join(filter(None, [
             _explain_dominance(ok), _explain_batch(ok), _explain_overlap(ok),
-            _explain_hardware(result, ok), _explain_launch(ok)]))
+            _explain_replicas(ok), _explain_hardware(result, ok), _explain_launch(ok)]))
     return text + "\n"
+
+
+def _with_spread(seconds, spread):
+    return f"{1000 * seconds:.1f} ({1000 * spread[0]:.0f}-{1000 * spread[1]:.0f})"
+
+
+def _exposed_cells(run):
+    """The exposed communication, the range of the pairs and the share, as the table shows
+    them: no figure for 1 process, and none that lies within the noise."""
+    if run["exposed_communication_time"] is None:
+        return ["none: 1 process", "-", "-"]
+    low, high = run["exposed_communication_spread"]
+    spread = f"{1000 * low:.1f} to {1000 * high:.1f}"
+    if not run["exposed_communication_clear"]:
+        return ["within the noise", spread, "-"]
+    return [f"{1000 * run['exposed_communication_time']:.1f}", spread,
+            percent(_hundred(run["exposed_communication_share"]))]
+
+
+def _clear(ok, positive=True):
+    """The runs whose exposed communication is clear of the noise, above zero (or below)."""
+    return [r for r in ok if r["exposed_communication_clear"]
+            and (r["exposed_communication_time"] > 0) == positive]
+
+
+def _names(runs):
+    return ", ".join(f"{r['world_size']} × {r['batch_per_rank']}" for r in runs)
 
 
 def _all_reduce_lines(ok):
@@ -345,23 +444,40 @@ def _all_reduce_lines(ok):
 
 
 def _explain_dominance(ok):
-    """Where communication takes more than half of a step, if anywhere."""
+    """Where exposed communication is clear of the noise, and where it takes half a step."""
     shared = [r for r in ok if r["world_size"] > 1]
     if not shared:
-        return "Only 1 process ran, so nothing was communicated."
-    dominated = [f"{r['world_size']} × {r['batch_per_rank']}" for r in shared
-                 if r["communication_share"] > 0.5]
-    top = max(shared, key=lambda r: r["communication_share"])
+        return ("Only 1 process ran: with no other rank there is nothing to all-reduce, so no "
+                "exposed communication is given.")
+    text = []
+    noisy = [r for r in shared if not r["exposed_communication_clear"]]
+    if noisy:
+        text.append(f"At {_names(noisy)} (processes × batch per process) the exposed "
+                    "communication is within the noise: in at least one pair the full step "
+                    "was no slower than its no_sync step, so it cannot be told apart from zero "
+                    "with these steps.")
+    negative = _clear(ok, positive=False)
+    if negative:
+        text.append(f"At {_names(negative)} the full step was faster than its no_sync step in "
+                    "every pair: that is not communication but something else that differed "
+                    "between the two kinds of step, such as a load that came and went in time "
+                    "with them.")
+    clear = _clear(ok)
+    dominated = [r for r in clear if r["exposed_communication_share"] > 0.5]
     if dominated:
-        return (f"Communication takes more than half of the step at {', '.join(dominated)} "
-                "(processes × batch per process).")
-    return (f"Communication never takes half of a step here; its largest share is "
-            f"{percent(_hundred(top['communication_share']))}, at {top['world_size']} processes × "
-            f"batch {top['batch_per_rank']}.")
+        text.append(f"Exposed communication takes more than half of the step at "
+                    f"{_names(dominated)}.")
+    elif clear:
+        top = max(clear, key=lambda r: r["exposed_communication_share"])
+        text.append("Where it is clear of the noise, exposed communication never takes half "
+                    f"of a step; its largest share is "
+                    f"{percent(_hundred(top['exposed_communication_share']))}, at "
+                    f"{top['world_size']} processes × batch {top['batch_per_rank']}.")
+    return " ".join(text)
 
 
 def _explain_batch(ok):
-    """Why a larger batch per process hides the all-reduce, in this study's numbers."""
+    """Why a larger batch per process hides the all-reduce, where the numbers show it."""
     n = max(r["world_size"] for r in ok)
     at_n = sorted((r for r in ok if r["world_size"] == n), key=lambda r: r["batch_per_rank"])
     if n == 1 or len(at_n) < 2:
@@ -374,45 +490,56 @@ def _explain_batch(ok):
             f"process to {1000 * large['computation_time']:.0f} ms at "
             f"{large['batch_per_rank']}, while the all-reduce moves {size} of gradients "
             "whatever the batch")
-    shares = (f"{percent(_hundred(small['communication_share']))} to "
-              f"{percent(_hundred(large['communication_share']))}")
-    if large["communication_share"] < small["communication_share"]:
-        return text + f", so its share of the step falls from {shares}."
-    return text + (f"; yet its share did not fall here ({shares}): with few timed steps, and "
-                   "cores shared with anything else running, two steps can differ by more "
-                   "than the all-reduce itself.")
+    noisy = [r for r in (small, large) if r not in _clear(ok)]
+    if noisy:
+        return text + (f"; at batch {' and '.join(str(r['batch_per_rank']) for r in noisy)} "
+                       "the exposed communication is within the noise, so how its share "
+                       "changes with the batch cannot be read from this run.")
+    shares = (f"{percent(_hundred(small['exposed_communication_share']))} to "
+              f"{percent(_hundred(large['exposed_communication_share']))}")
+    if large["exposed_communication_share"] < small["exposed_communication_share"]:
+        return text + f", so its exposed share of the step falls from {shares}."
+    return text + f"; yet its exposed share did not fall here ({shares})."
 
 
 def _explain_overlap(ok):
-    """Communication per step against the standalone all-reduce, and what the noise does."""
-    shared = [r for r in ok if r["all_reduce"]]
-    hidden = [r for r in shared if 0 <= r["communication_time"] < r["all_reduce"]["seconds"]]
-    longer = [r for r in shared if r["communication_time"] >= r["all_reduce"]["seconds"]]
+    """Exposed communication against the standalone all-reduce, where it is clear of noise."""
+    clear = [r for r in _clear(ok) if r["all_reduce"]]
+    hidden = [r for r in clear if r["exposed_communication_time"] < r["all_reduce"]["seconds"]]
+    longer = [r for r in clear if r not in hidden]
     text = []
     if hidden:
-        text.append(f"In {len(hidden)} of the {len(shared)} runs with more than one process "
-                    "a step lost less than one standalone all-reduce: DDP all-reduces each "
-                    "bucket of gradients as soon as the backward pass has produced it, while "
-                    "the rest is still being computed.")
+        text.append(f"At {_names(hidden)} a step exposed less than one standalone all-reduce: "
+                    "DDP all-reduces each bucket of gradients as soon as the backward pass has "
+                    "produced it, while the rest is still being computed, so part of the "
+                    "exchange is hidden.")
     if longer:
-        text.append(f"In {len(longer)} of the {len(shared)} runs with more than one process "
-                    "a step lost more than one standalone all-reduce: the gradient goes in "
-                    "several buckets (up to 25 MB each), each its own all-reduce, and they run "
-                    "beside the backward pass, sharing its hardware.")
-    if any(r["communication_time"] < 0 for r in ok):
-        text.append("A negative communication time means the two kinds of step differed by "
-                    "less than the noise between steps: read it as zero.")
-    single = [r["communication_time"] for r in ok if r["world_size"] == 1]
-    if single:
-        text.append("With 1 process there is nothing to exchange, so its 'communication' "
-                    f"({1000 * min(single):.0f} to {1000 * max(single):.0f} ms) is DDP's own "
-                    "bookkeeping plus the noise between two steps.")
+        text.append(f"At {_names(longer)} a step exposed more than one standalone all-reduce: "
+                    "the gradient goes in several buckets (up to 25 MB each), each its own "
+                    "all-reduce, copied in and out of the gradients, and they run beside the "
+                    "backward pass, sharing its hardware.")
+    if any(r["world_size"] == 1 for r in ok) and any(r["world_size"] > 1 for r in ok):
+        text.append("With 1 process there is no other rank to all-reduce with, so no exposed "
+                    "communication is given for it.")
     if any(r["efficiency"] is not None and r["efficiency"] > 1.05 for r in ok):
         text.append("An efficiency above 100% does not come from splitting the same work: the "
                     "1-process baseline was slowed by something else, such as other programs "
                     "on the machine (a process whose threads fill every core waits at each "
                     "parallel step for whichever thread they delayed), or noise.")
     return " ".join(text)
+
+
+def _explain_replicas(ok):
+    """Whether the ranks ended the study with the same parameters, as DDP should keep them."""
+    shared = [r for r in ok if r["world_size"] > 1]
+    drifted = [r for r in shared if r["parameters_differ_on"]]
+    if drifted:
+        return (f"(!) After the run at {_names(drifted)} some ranks' parameters differed from "
+                "rank 0's: the replicas drifted apart, so those figures are not one model's.")
+    if not shared:
+        return ""
+    return ("After every run with more than one process the ranks' parameters were equal "
+            "(compared by hash).")
 
 
 def _explain_hardware(result, ok):

@@ -5,10 +5,9 @@
     python lab.py all --quick             # every exercise on a small slice, and REPORT.md
     python lab.py --help                  # every exercise and option
 
-Each exercise is one function, `cN_...(cfg, save) -> dict`, returning plain, JSON-ready data
-and calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. The lab's printing is
-in render.py (bench, c8, infer and ddp print from their own modules), the charts in charts.py,
-the results files and REPORT.md in report.py, the command line in cli.py.
+Each exercise is one function, `cN_...(cfg, save) -> dict`, returning JSON-ready data and
+calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. Printing: render.py (and
+speed.py, infer.py, ddp.py their own); charts: charts.py; results files and REPORT.md: report.py.
 """
 
 import signal
@@ -80,8 +79,8 @@ class Config:
     checkpoint: str = None         # a saved state_dict of ResNet-18; None: fresh weights
     sync_bn: bool = False          # under torchrun: SyncBatchNorm over the global batch
     max_procs: int = None          # ddp: world sizes 1, 2, 4, ... up to this; None: GPUs, or 2
-    ddp_batch_sizes: tuple = (32, 128, 512)   # ddp: batch per process
-    ddp_steps: int = None          # ddp: timed steps per run; None: 20 on a GPU, 1 on a CPU
+    ddp_batch_sizes: tuple = None  # ddp: batches per process; None: the device's (ddp.py)
+    ddp_steps: int = None          # ddp: timed steps of each kind; None: the device's (ddp.py)
 
     QUICK: ClassVar[dict] = {"train_size": 256, "test_size": 200, "epochs": 2, "repeats": 2}
 
@@ -101,7 +100,7 @@ def c2_timing(cfg, save=None):
 
 
 def training_run(cfg, save=None, label="", trace_name=None):
-    """fit() on cfg's data, save(run) after every epoch; {"model", "epochs", "summary"}.
+    """fit() on cfg's data, save(run) after every epoch; {"model", "warmed_up", "epochs", ...}.
 
     With cfg.profile and a trace_name, the first steps are recorded into
     <out>/<trace_name>.trace.json and the run gets a "profile" summary (timing.Profile).
@@ -276,7 +275,7 @@ def c6_optimizers(cfg, save=None):
 
 def c7_without_batchnorm(cfg, save=None):
     """C7: SGD without BatchNorm, against the same run with it (C6's SGD run when it matches)."""
-    result = {"runs": {}, "batch_norm_source": "a fresh run"}
+    result = {"runs": {}, "batch_norm_source": "a fresh run", "batch_norm_reused_from": None}
     cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
     path = os.path.join(cfg.out, "c6.json")
@@ -291,6 +290,7 @@ def c7_without_batchnorm(cfg, save=None):
             and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
         result["runs"]["with_bn"] = sgd
         result["batch_norm_source"] = "C6's SGD run (same configuration)"
+        result["batch_norm_reused_from"] = c6["started"]  # another process, another time
         if save is not None:
             save(result)
     else:

@@ -166,13 +166,19 @@ def current_world():
                  threads=None if backend == "nccl" else torch.get_num_threads())
 
 
-def wrap(model, world, sync_bn=False):
+def wrap(model, world, sync_bn=False, sync_buffers=True):
     """The model in DistributedDataParallel; with sync_bn, BatchNorm statistics are computed
-    over the global batch instead of each rank's share of it."""
+    over the global batch instead of each rank's share of it.
+
+    With sync_buffers (DDP's default) rank 0's buffers, BatchNorm's running statistics, are
+    broadcast at the start of every forward pass that follows a synchronised one; without it
+    they are copied only once, here, and each rank's then follow its own batches.
+    """
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [world.local_rank] if world.backend == "nccl" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids,
+                                   forward_sync_buffers=sync_buffers)
 
 
 def sampler(dataset, world, seed):
@@ -186,12 +192,21 @@ def sampler(dataset, world, seed):
                               shuffle=True, seed=seed, drop_last=False)
 
 
-def weights_digest(model):
-    """SHA-256 of the model's state_dict, its first 16 hex digits."""
+def weights_digest(model, buffers=True):
+    """SHA-256 of the model's state_dict (of its parameters alone without `buffers`), its
+    first 16 hex digits."""
     digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
+    tensors = model.state_dict().values() if buffers else model.parameters()
+    for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def ranks_differing(value, world):
+    """Every rank's `value` (a string) gathered, and the ranks whose value is not rank 0's."""
+    values = [None] * world.world_size
+    dist.all_gather_object(values, value)
+    return values, [rank for rank, theirs in enumerate(values) if theirs != values[0]]
 
 
 def same_initial_weights(model, world):
@@ -201,9 +216,7 @@ def same_initial_weights(model, world):
     evidence that seeding alone already made them equal.
     """
     mine = weights_digest(model)
-    hashes = [None] * world.world_size
-    dist.all_gather_object(hashes, mine)
-    differ = [rank for rank, theirs in enumerate(hashes) if theirs != hashes[0]]
+    hashes, differ = ranks_differing(mine, world)
     if differ:
         raise DistributedError(f"initial weights differ from rank 0's ({hashes[0]}) on rank"
                                f"{'' if len(differ) == 1 else 's'} "

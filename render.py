@@ -171,15 +171,41 @@ def render_c2(result):
         "synchronised; other: what is left of the epoch, the loop's own bookkeeping "
         "(the Python loop and the progress line). data+train is their share of the total.")
     if result.get("distributed"):
-        text += ("\n\nUnder torchrun each time is the slowest rank's, column by column (the "
-                 "mean over the ranks is in the results file as rank_mean), so data+train can "
-                 "pass 100% a little.")
+        text += "\n\n" + explain_distributed_c2(result)
     if result["device"]["type"] == "cuda":
         text += "\n\n" + CUDA_SETTINGS
     if "profile" in result:  # --profile
         text += ("\n\nWith --profile the profiler records the first steps of epoch 1, which "
                  "slows them: compare epochs after the first.\n\n"
                  + render_profile(result["profile"]))
+    return text
+
+
+def explain_distributed_c2(result):
+    """What C2's figures are under torchrun: the slowest rank's, so data+train can pass 100%
+    (and by how much at most), and the sampler's padding counted in the images."""
+    n = result["distributed"]["world_size"]
+    bounds = []
+    for e in result["epochs"]:
+        mean = e.get("rank_mean") or {}
+        if None not in (mean.get("train_time"), mean.get("data_time")):
+            spread = min(e["train_time"] - mean["train_time"], e["data_time"] - mean["data_time"])
+            bounds.append(100 * n * spread / e["epoch_time"])
+    text = ("Under torchrun each time is the slowest rank's, column by column (the mean over "
+            "the ranks is in the results file as rank_mean). The slowest to wait for data need "
+            "not be the slowest to train, so data+train can pass 100%, by at most the spread of "
+            "the ranks' training times (or of their waits, whichever is smaller) over the epoch")
+    if bounds:
+        text += (f"; from the slowest and mean times, no more than {max(max(bounds), 0):.1f} "
+                 "points in this run")
+    text += "."
+    dataset = result.get("dataset") or {}
+    padded = [e["images"] - dataset["train_images"] for e in result["epochs"]
+              if "images" in e and dataset.get("train_images")]
+    if padded and max(padded) > 0:
+        text += (f" The images of an epoch, {result['epochs'][0]['images']:,} summed over the "
+                 f"{n} ranks, include {max(padded)} padded duplicates: the sampler repeats the "
+                 f"first images so that the {dataset['train_images']:,} split evenly.")
     return text
 
 
@@ -278,7 +304,8 @@ def render_c4(result):
 
 
 def explain_c4(one, best, best_workers):
-    """C4's explanation, every figure in it read from the two runs."""
+    """C4's explanation, every figure in it read from the two runs (and, for the one-off
+    costs, whether each run warmed the device up first: on a CPU none does)."""
     lines = [explain_wait(one, 1)]
     if best_workers != 1:
         lines.append(explain_wait(best, best_workers))
@@ -291,12 +318,14 @@ def explain_c4(one, best, best_workers):
                  f"{a['train_time'] - b['train_time']:+.3f} s in training.")
     train_change = abs(a["train_time"] - b["train_time"]) / max(a["train_time"], b["train_time"])
     if train_change > 0.05:
-        lines.append(f"- The training time itself changed by {100 * train_change:.0f}%, though the "
-                     "training work is the same. Worker processes share the CPU cores with the "
-                     "training (on a CPU) or its host-side work (on a GPU), and so do other "
-                     "programs on the machine; these two runs cannot tell those causes apart. "
-                     "(One-off costs are not among them: the device was warmed up before the "
-                     "first timed run.)")
+        line = (f"- The training time itself changed by {100 * train_change:.0f}%, though the "
+                "training work is the same. Worker processes share the CPU cores with the "
+                "training (on a CPU) or its host-side work (on a GPU), and so do other "
+                "programs on the machine; these two runs cannot tell those causes apart.")
+        if one.get("warmed_up") and best.get("warmed_up"):
+            line += (" (One-off costs are not among them: the device was warmed up before "
+                     "each timed run.)")
+        lines.append(line)
     else:
         lines.append("- The training time stayed within 5%: the workers change only how long "
                      "the loop waits for data.")
@@ -320,13 +349,16 @@ def explain_wait(run, num_workers):
     first = s["first_batch_time"]
     steady = s["data_time"] - first
     line += (f"{first:.3f} s of it is the first batch of each epoch, which includes starting "
-             f"the worker processes afresh; the other batches waited {steady:.3f} s in all "
-             f"({100 * steady / s['epoch_time']:.1f}% of the epoch). ")
+             f"the worker processes afresh; the rest, {steady:.3f} s in all "
+             f"({100 * steady / s['epoch_time']:.1f}% of the epoch), is the other batches' "
+             "waits and the last `next()`, which finds the epoch over and shuts the workers "
+             "down. ")
     if steady / s["epoch_time"] < 0.05:
         return line + ("After the start, loading is hidden behind compute: the workers prepare "
                        "the next batches while the model trains.")
     return line + ("Loading is not hidden: the workers do not prepare batches as fast as the "
-                   "model consumes them.")
+                   "model consumes them, unless the shutdown at the end took that time (these "
+                   "figures do not separate the two).")
 
 
 def render_c5(result):
@@ -455,6 +487,7 @@ def render_c7(result):
     text = markdown_table(["model", "BN layers", "parameters", "mean loss", "mean top-1",
                            "last loss", "last top-1", "train/epoch (s)", "epoch (s)"], rows)
     text += f"\n\nThe BatchNorm run is {result['batch_norm_source']}."
+    reused = result.get("batch_norm_reused_from")
     if len(rows) == 2:
         with_bn = result["runs"]["with_bn"]["summary"]
         without = result["runs"]["without_bn"]["summary"]
@@ -463,6 +496,11 @@ def render_c7(result):
                  f"{percent(without['train_accuracy'])} against "
                  f"{percent(with_bn['train_accuracy'])}, and an epoch's training takes "
                  f"{seconds(without['train_time'])} s against {seconds(with_bn['train_time'])} s.")
+        if reused:
+            text += (f" The BatchNorm side was timed in another process, C6's (started "
+                     f"{reused}), so whatever else the machine was doing then or now is in "
+                     "that difference too; with no C6 results in its folder, C7 trains both "
+                     "sides itself, one after the other.")
         if without["diverged_at"]:
             text += f" Without BatchNorm the loss diverged in epoch {without['diverged_at']}."
     text += ("\n\nThe convolutions have no bias in either network, as in the lab's table. "

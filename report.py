@@ -502,10 +502,10 @@ def finite(value):
 # What run_exercise writes at the top of every results file, and its type.
 HEADER = {"exercise": str, "title": str, "complete": bool, "config": dict, "started": str}
 # Keys whose values are times or counts: a number of 0 or more, or null. Profiler self times
-# ("self_cpu_time") and ddp's communication time (a difference of two timings) are left out:
-# either can come out below zero.
-MEASURE = re.compile(r"^(?!self_|communication_).*(time|times|workers|images|epochs|epoch|"
-                     r"cores|repeats|parameters|_size)$|^(median|min|max)$")
+# ("self_cpu_time") and ddp's exposed communication time (a difference of two timings) are
+# left out: either can come out below zero.
+MEASURE = re.compile(r"^(?!self_|exposed_communication_).*(time|times|workers|images|epochs|"
+                     r"epoch|cores|repeats|parameters|_size)$|^(median|min|max)$")
 
 
 def read_result(path, name, render=None):

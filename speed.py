@@ -5,9 +5,12 @@ themselves cost.
     python lab.py c8             # C8: eager against torch.compile's modes, epoch by epoch
     python speed.py overhead     # the same epoch trained with and without the lab's timers
 
-Every speed figure is a median over repeats taken in turns, so that a load that comes and goes
-on a shared machine hits every row alike, and is given as a ratio against a baseline measured
-in the same run. `render_bench` and `render_c8` turn a result into its tables and what they say.
+The bench's figures are medians over repeats taken in turns, so that a load that comes and
+goes on a shared machine hits every row alike, each given as a ratio against a baseline
+measured in the same run. C8 does not take turns: it trains all of one mode's epochs, then the
+next mode's, and compares the means of their later epochs, so a load that changes between
+modes enters its figures. `render_bench` and `render_c8` turn a result into its tables and
+what they say.
 """
 
 import statistics

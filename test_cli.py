@@ -156,10 +156,6 @@ class EnvironmentTest(TempDirTest):
         self.assertIn("warning: --amp fp16 on the CPU", err.getvalue())
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class CtrlCLineTest(TempDirTest):
     """cli.main: Ctrl-C's line says what of the run was kept, or that nothing had finished."""
 
@@ -375,3 +371,5 @@ class SignalTest(TempDirTest):
         self.stop_during_an_epoch(signal.SIGHUP)
 
 
+if __name__ == "__main__":
+    unittest.main()

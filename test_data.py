@@ -358,10 +358,6 @@ class DeviceLoaderTest(unittest.TestCase):
             DeviceLoader(Plain(), 1, CPU)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class SharedMemoryTest(TempDirTest):
     def test_a_full_dev_shm_is_one_line_that_says_what_to_do(self):
         # A private mount namespace with a /dev/shm of 64 KiB: one batch of 16 images does not fit.
@@ -384,3 +380,7 @@ class SharedMemoryTest(TempDirTest):
         self.assertIn("lab.py: error: the DataLoader's workers ran out of shared memory in "
                       "/dev/shm (it holds 0.0625 MiB): use --num-workers 0", done.stderr)
         self.assertIn("--shm-size", done.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

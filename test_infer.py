@@ -180,10 +180,6 @@ class TestTraceVersusScript(unittest.TestCase):
         self.assertEqual(block["export_code"].count("aten.conv2d"), 3)  # two 3x3 and the 1x1
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class CheckpointFaultTest(unittest.TestCase):
     """A checkpoint that does not hold what infer needs ends in one line, ours alone."""
 
@@ -232,3 +228,7 @@ class BatchMemoryTest(unittest.TestCase):
             infer.check_memory([1, 128], torch.device("cpu"))  # 0.13 GiB: fits in 1 GiB
             with self.assertRaisesRegex(infer.InferError, "1.0 GiB is free on cpu"):
                 infer.check_memory([1, 2048], torch.device("cpu"))
+
+
+if __name__ == "__main__":
+    unittest.main()

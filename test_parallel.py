@@ -31,7 +31,7 @@ import lab
 import parallel
 import report
 from resnet import ResNet18
-from testkit import quiet_module
+from testkit import TINY, free_port, quiet_module, run_lab, torchrun_environment
 from train import make_optimizer, train_step
 
 setUpModule = quiet_module
@@ -42,19 +42,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 TINY_C2 = ["c2", "--dataset", "synthetic", "--train-size", "24", "--test-size", "8",
            "--batch-size", "4", "--epochs", "1", "--num-workers", "0"]
 SHORT_TIMEOUT = datetime.timedelta(seconds=60)  # a broken test fails in a minute, not five
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def torchrun_environment(rank, world_size, port):
-    """What torchrun would give process `rank` of a one-machine world."""
-    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port)}
 
 
 def join(rank, world_size, port):
@@ -316,7 +303,6 @@ class FailureMidRunTest(unittest.TestCase):
         self.assertLess(seconds, 60)
 
 
-
 class LabUnderTorchrunTest(unittest.TestCase):
     """lab.py itself under torchrun: one world, rank 0 alone prints and writes."""
 
@@ -388,13 +374,8 @@ class LabUnderTorchrunTest(unittest.TestCase):
         self.assertTrue(result["complete"])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class LauncherPortTest(unittest.TestCase):
     def test_a_launchers_busy_master_port_is_one_line(self):
-        from test_lab import TINY, run_lab  # here: the processes spawned above need no lab.py
         with socket.socket() as holder, tempfile.TemporaryDirectory() as out, \
                 mock.patch.dict(os.environ, torchrun_environment(0, 1, 0)):
             holder.bind(("127.0.0.1", 0))
@@ -411,3 +392,7 @@ class LauncherPortTest(unittest.TestCase):
                       "choose a free MASTER_PORT", err)
         self.assertNotIn("Traceback", err)
         self.assertFalse(torch.distributed.is_initialized())
+
+
+if __name__ == "__main__":
+    unittest.main()

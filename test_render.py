@@ -37,6 +37,54 @@ class ExplanationTest(TempDirTest):
         self.assertIn("With no workers the main process loads every batch",
                       render.explain_c4(run(1.0, 0.1, 10.0), run(0.5, 0.01, 10.0), 0))
 
+    def test_c4_names_a_warm_up_only_where_one_ran(self):
+        def run(train_time, warmed_up):
+            return {"warmed_up": warmed_up,
+                    "summary": {"data_time": 0.1, "first_batch_time": 0.05,
+                                "train_time": train_time, "epoch_time": train_time + 0.1}}
+
+        cpu = render.explain_c4(run(12.0, False), run(10.0, False), 4)
+        self.assertIn("changed by 17%", cpu)
+        self.assertNotIn("warm", cpu)  # train.warm_up does nothing on a CPU
+        gpu = render.explain_c4(run(12.0, True), run(10.0, True), 4)
+        self.assertIn("the device was warmed up before each timed run", gpu)
+
+    def test_the_wait_after_the_first_batch_names_the_shutdown(self):
+        run = {"summary": {"data_time": 2.0, "first_batch_time": 0.1, "train_time": 10.0,
+                           "epoch_time": 12.0}}
+        self.assertIn("the last `next()`, which finds the epoch over and shuts the workers down",
+                      render.explain_wait(run, 2))
+
+    def test_c2_under_torchrun_bounds_data_and_train_and_names_the_padding(self):
+        epoch = {"epoch": 1, "images": 12, "data_time": 1.0, "train_time": 5.0,
+                 "other_time": 0.0, "epoch_time": 6.0,
+                 "rank_mean": {"data_time": 0.8, "train_time": 4.5}}
+        result = {"epochs": [epoch], "summary": {**epoch, "first_batch_time": 0.1},
+                  "device": {"type": "cpu"}, "distributed": {"world_size": 2},
+                  "dataset": {"train_images": 10}}
+        text = render.render_c2(result)
+        # Slowest minus mean: 0.5 s training, 0.2 s waiting; 2 ranks x 0.2 s of a 6 s epoch.
+        self.assertIn("no more than 6.7 points in this run", text)
+        self.assertIn("include 2 padded duplicates", text)
+        result["epochs"][0] = {**epoch, "images": 10}
+        self.assertNotIn("padded", render.render_c2(result))
+
+    def test_c7_says_when_its_batch_norm_side_is_another_process(self):
+        def run(layers):
+            summary = {"train_loss": 1.0, "train_accuracy": 50.0, "final_train_loss": 0.9,
+                       "final_train_accuracy": 55.0, "train_time": 10.0, "epoch_time": 11.0,
+                       "diverged_at": None}
+            return {"model": {"batchnorm_layers": layers, "parameters": 100},
+                    "summary": summary}
+
+        result = {"runs": {"with_bn": run(20), "without_bn": run(0)},
+                  "batch_norm_source": "C6's SGD run (same configuration)",
+                  "batch_norm_reused_from": "2026-11-29T10:00:00"}
+        self.assertIn("timed in another process, C6's (started 2026-11-29T10:00:00)",
+                      render.render_c7(result))
+        result.update(batch_norm_source="a fresh run", batch_norm_reused_from=None)
+        self.assertNotIn("another process", render.render_c7(result))
+
     def test_c3_core_explanation_only_claims_what_was_timed(self):
         point = lambda n, t, spread=0.1: {"num_workers": n, "median": t, "min": t - spread,
                                           "max": t + spread}
@@ -119,10 +167,6 @@ class TestQ3Q4Rendering(unittest.TestCase):
         self.assertIn("one scalar for each of the 22 parameter tensors", text)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ExplanationsTest(unittest.TestCase):
     """render.py: C1's and C6's explanations follow the numbers."""
 
@@ -178,3 +222,7 @@ class ExplanationsTest(unittest.TestCase):
         self.assertIn("Higher on the test set is usual early on", text)
         self.assertIn("The run saw 1,024 training images in all: a test that the code runs",
                       text)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,25 +1,73 @@
 """Tests for train.py: training lowers the loss, seeds, divergence, the speed options in fit
-against the default path, progress lines, static-shape compile and gradient accumulation."""
+against the default path, progress lines, static-shape compile, gradient accumulation, and
+each rank's own augmentation under a two-rank world."""
 
+import contextlib
+import datetime
 import io
 import math
+import os
 import shutil
+import tempfile
 import unittest
 from dataclasses import replace
 from unittest import mock
 
+import numpy as np
 import torch
+import torch.multiprocessing as mp
 import torch.nn as nn
+from PIL import Image
 
 import data
 import lab
+import parallel
 import render
 import train
 from data import DeviceLoader, SyntheticCIFAR, make_loader, test_transform
-from testkit import CPU, TempDirTest, quiet_module, tiny_config
+from testkit import (CPU, TempDirTest, free_port, quiet_module, tiny_config,
+                     torchrun_environment)
 from train import evaluate, fit, make_model, make_training
 
 setUpModule = quiet_module
+
+
+class OneImage(torch.utils.data.Dataset):
+    """The same image at every index, through the lab's training augmentation: two batches
+    of it differ only by their crops and flips."""
+
+    def __init__(self, size):
+        pixels = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)  # no symmetry
+        self.image, self.size = Image.fromarray(pixels), size
+        self.transform = data.train_transform()
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return self.transform(self.image), 0
+
+
+def first_batches(rank, port, folder):
+    """One rank of fit() in a two-rank world, with 0 and with 1 worker: the first batch each
+    time, as the training step received it."""
+    os.environ.update(torchrun_environment(rank, 2, port))
+    parallel.start("cpu", timeout=datetime.timedelta(seconds=60))
+    seen, real_step = [], train.train_step
+
+    def spy(model, optimizer, criterion, images, labels, **options):
+        seen.append(images.clone())
+        return real_step(model, optimizer, criterion, images, labels, **options)
+
+    try:
+        with mock.patch.object(train, "train_step", spy), \
+                contextlib.redirect_stderr(io.StringIO()):  # rank 0's progress line
+            for workers in (0, 1):
+                cfg = tiny_config(num_workers=workers, batch_size=4, epochs=1, evaluate=False)
+                train.fit(cfg, OneImage(8), OneImage(8))
+        torch.save([seen[0], seen[1]], os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        parallel.stop()
 
 
 class TrainingTest(unittest.TestCase):
@@ -52,6 +100,18 @@ class TrainingTest(unittest.TestCase):
 # Training amplifies a difference about a hundredfold per step here, so the test stops at two.
 FLOAT32_TOLERANCE = 5e-4
 BFLOAT16_TOLERANCE = 3e-2
+
+
+class RanksAugmentTest(unittest.TestCase):
+    def test_two_ranks_augment_the_same_image_differently(self):
+        with tempfile.TemporaryDirectory() as folder:
+            mp.spawn(first_batches, args=(free_port(), folder), nprocs=2)
+            rank0, rank1 = (torch.load(os.path.join(folder, f"rank{r}.pt")) for r in (0, 1))
+        for workers, (mine, theirs) in enumerate(zip(rank0, rank1)):
+            self.assertEqual(mine.shape, (4, 3, 32, 32))
+            # Image k of each rank's batch: the same picture, so only augmentation can differ.
+            same = [torch.equal(mine[k], theirs[k]) for k in range(4)]
+            self.assertLess(sum(same), 2, f"{workers} workers: the ranks drew the same crops")
 
 
 class SpeedOptionsTest(unittest.TestCase):

@@ -1,6 +1,6 @@
 """Helpers shared by the test files: the quiet set-up, a temporary results folder, lab.py run
-in this process, the faults' one-line shape, tiny configurations, and the networks and answers
-that more than one test file checks."""
+in this process, the faults' one-line shape, tiny configurations, a torchrun-like environment
+for spawned ranks, and the networks and answers that more than one test file checks."""
 
 import contextlib
 import functools
@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import socket
 import tempfile
 import unittest
 from dataclasses import replace
@@ -36,6 +37,19 @@ def quiet_module():
     # torch's one note when it compiles on the CPU ("No CUDA runtime is found"), logged to the
     # stderr it found at import, past the redirection above.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_environment(rank, world_size, port):
+    """What torchrun would give process `rank` of a one-machine world."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port)}
 
 
 def run_lab(*args):

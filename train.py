@@ -71,13 +71,15 @@ def compile_model(model, mode=None):
     return torch.compile(model, mode=mode, dynamic=False)
 
 
-def make_loaders(cfg, train_set, test_set, device, sampler=None):
+def make_loaders(cfg, train_set, test_set, device, sampler=None, rank=0):
     """(train_loader, test_loader) as cfg.loader says; the test loader is None unless cfg.evaluate.
 
     "torch" is the lab's DataLoader with cfg.num_workers workers (pinned memory on CUDA), the
     training set split by `sampler` when one is given; "device" is a DeviceLoader: the
     training set augmented on the device, and the test set un-augmented and in order, so its
-    images equal the test transform's.
+    images equal the test transform's. The DataLoader's generator, which seeds its workers'
+    crops and flips, starts from cfg.seed + rank, so that the ranks of a data-parallel run
+    augment differently; the sampler keeps the shared seed, which splits one order.
     """
     if cfg.loader not in LOADERS:
         raise ValueError(f"unknown loader {cfg.loader!r}; choose one of: {', '.join(LOADERS)}")
@@ -88,7 +90,7 @@ def make_loaders(cfg, train_set, test_set, device, sampler=None):
     else:
         def loader(dataset, batch_size, train):
             return make_loader(dataset, batch_size, shuffle=train, num_workers=cfg.num_workers,
-                               seed=cfg.seed, pin_memory=device.type == "cuda",
+                               seed=cfg.seed + rank, pin_memory=device.type == "cuda",
                                sampler=sampler if train else None)
     train_loader = loader(train_set, cfg.batch_size, train=True)
     test_loader = loader(test_set, cfg.test_batch_size, train=False) if cfg.evaluate else None
@@ -190,7 +192,8 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
 def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     """Train a fresh ResNet-18 as `cfg` says; return the run, and on_epoch(run) after each epoch.
 
-    The run is {"model": model_facts(...), "epochs": [one dict per epoch], "summary": ...}.
+    The run is {"model": model_facts(...), "warmed_up": whether warm_up ran, "epochs": [one
+    dict per epoch], "summary": ...}.
     It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
     `profiler` (timing.py's `Profile`) is stepped after every training step. Under torchrun
     (parallel.py) each rank trains on its share of every epoch, and the epoch's figures are
@@ -200,11 +203,18 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     device = torch.device(world.device if world else cfg.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the lab's base code: autotune convolutions
-    warm_up(cfg, device, batch_size=min(cfg.batch_size, len(train_set)))
+    warmed_up = warm_up(cfg, device, batch_size=min(cfg.batch_size, len(train_set)))
     model, optimizer, scaler = make_training(cfg, device, world)
-    run = {"model": model_facts(model), "epochs": [], "summary": summarize([])}
+    run = {"model": model_facts(model), "warmed_up": warmed_up, "epochs": [],
+           "summary": summarize([])}
     sampler = parallel.sampler(train_set, world, cfg.seed) if world else None
-    train_loader, test_loader = make_loaders(cfg, train_set, test_set, device, sampler)
+    if world is not None:
+        # The weights came from cfg.seed on every rank; from here each rank's random numbers
+        # are its own, so that with 0 workers (augmenting in this process) crops and flips
+        # differ across ranks too.
+        torch.manual_seed(cfg.seed + world.rank)
+    train_loader, test_loader = make_loaders(cfg, train_set, test_set, device, sampler,
+                                             rank=world.rank if world else 0)
     shown = world is None or world.is_main
     for epoch in range(1, cfg.epochs + 1):
         if sampler is not None:
@@ -233,7 +243,7 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
 
 
 def warm_up(cfg, device, batch_size, steps=3):
-    """A few untimed steps of a throwaway model, before a timed run on a GPU.
+    """A few untimed steps of a throwaway model, before a timed run on a GPU; True if it ran.
 
     The first steps in a process on a GPU create the cuDNN and cuBLAS handles, load kernels
     lazily and grow the memory allocator. Without this, the first run timed (C4's 1 worker,
@@ -242,7 +252,7 @@ def warm_up(cfg, device, batch_size, steps=3):
     one-off cost is small against a step of seconds, so it is skipped there.
     """
     if device.type == "cpu":
-        return
+        return False
     model, optimizer, scaler = make_training(replace(cfg, compile=False), device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     images = torch.randn(batch_size, 3, 32, 32, device=device)  # (B, 3, 32, 32)
@@ -252,6 +262,7 @@ def warm_up(cfg, device, batch_size, steps=3):
         train_step(model, optimizer, nn.CrossEntropyLoss(), images, labels, amp=cfg.amp,
                    scaler=scaler)
     synchronize(device)
+    return True
 
 
 def model_facts(model):
