@@ -350,7 +350,8 @@ def chart_infer(result, path):
 
 def chart_ddp(result, path):
     """ddp: images/s per world size, a line per batch per process against linear scaling
-    (dashed), and each run's step split into computation and the communication beyond it."""
+    (dashed), and each run's step split into computation and the exposed communication
+    beyond it (none with 1 process)."""
     plt = pyplot()
     if plt is None:
         return False
@@ -372,12 +373,14 @@ def chart_ddp(result, path):
     rate.set(title="throughput", xlabel="processes", ylabel="images per second (all processes)")
     rate.set_ylim(bottom=0)
     computation = [1000 * run["computation_time"] for run in ok]
-    communication = [1000 * max(run["communication_time"], 0.0) for run in ok]
-    below_zero = any(run["communication_time"] < 0 for run in ok)
+    exposed = [run["exposed_communication_time"] for run in ok]  # None: 1 process, none
+    communication = [1000 * max(seconds or 0.0, 0.0) for seconds in exposed]
+    below_zero = any(seconds is not None and seconds < 0 for seconds in exposed)
     step.bar(range(len(ok)), computation, color=colour("computation"),
              label="computation (the step under no_sync)")
     step.bar(range(len(ok)), communication, bottom=computation, color=colour("communication"),
-             label="communication beyond it" + (" (below 0: drawn as 0)" if below_zero else ""))
+             label="exposed communication beyond it"
+             + (" (below 0: drawn as 0)" if below_zero else ""))
     step.set_xticks(range(len(ok)), [f"{r['world_size']} × {r['batch_per_rank']}" for r in ok])
     step.set(title="one training step", xlabel="processes × batch per process",
              ylabel="milliseconds per step")

@@ -141,14 +141,12 @@ def show_result(name, exercise, cfg, result, stream):
     if not exercise.uses_data:  # now that the run has said which data, if any, it used
         show(describe_run(result, exercise.names_settings) + "\n", stream)
     show(exercise.render(result), stream)
-    saved, note = [path], ""
-    if exercise.chart is not None:
+    saved = [path]
+    if exercise.chart is not None:  # without one, charts.py has said why, once
         chart_path = os.path.join(cfg.out, f"{name}.png")
         if exercise.chart(result, chart_path):
             saved.append(chart_path)
-        else:
-            note = "; no chart drawn"  # charts.py said why: no matplotlib, or a full disk
-    show(f"\n(saved to {', '.join(saved)}{note})", stream)
+    show(f"\n(saved to {', '.join(saved)})", stream)
 
 
 def keep_earlier(name, exercise, cfg, stream):

@@ -228,7 +228,8 @@ class BeyondTheLabChartsTest(ChartTest):
                         "reason": "out of memory"}
             record = {"world": {"world_size": n, "global_batch": n * cfg.batch_size,
                                 "backend": "gloo", "threads_per_rank": 1},
-                      "init_time": 0.5, "steps": 2, "full_step": [0.2 * n, 0.2 * n],
+                      "init_time": 0.5, "steps": 2, "warmup": 2, "buffer_bytes": 38_000,
+                      "parameters_differ_on": [], "full_step": [0.2 * n, 0.2 * n],
                       "computation_step": [0.2, 0.2], "initial_weights_sha256": "0" * 16,
                       "final_loss": 2.3, "all_reduce_time": 0.1 if n > 1 else None,
                       "gradient_floats": 11_173_962}
@@ -332,8 +333,8 @@ class ReportChartsTest(TempDirTest):
         return set(found)
 
     def test_the_report_links_only_charts_that_show_the_results_beside_them(self):
-        for args in (["c2"], ["c3", "--max-workers", "0", "--repeats", "1"]):
-            status, _, err = run_lab(*args, *TINY, "--out", self.out)
+        for args in (["c2", *TINY], ["c3", *SWEEP]):
+            status, _, err = run_lab(*args, "--out", self.out)
             self.assertEqual(status, 0, err)
         self.assertEqual(self.links(), {"c2.png", "c3.png"})
         os.remove(os.path.join(self.out, "c2.png"))
