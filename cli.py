@@ -430,7 +430,14 @@ def on_stop_signals(handler):
 def stop_once(signum, frame):
     """The first stop signal stops the run; later ones are ignored, so that they cannot break
     the shutdown that saves REPORT.md, stops the DataLoader's workers and unlocks the results
-    folder. DataLoader workers started by fork inherit this handler; torch's worker loop ends
-    quietly on the KeyboardInterrupt it raises."""
+    folder.
+
+    A signal sent to the whole process group (Ctrl-C, `timeout`, Slurm, torchrun stopping its
+    ranks) reaches the DataLoader's workers too: they end on SIGINT and SIGHUP through this
+    handler, which they inherit, and on SIGTERM through torch's own. torch's SIGCHLD handler
+    would then report each worker's end as a failure, so it goes now.
+    """
     on_stop_signals(signal.SIG_IGN)
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
