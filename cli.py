@@ -278,7 +278,7 @@ def _reads_data(exercise):
     return exercise.uses_data or exercise.picks_slice
 
 
-def _fits(exercise):
+def _trains_epochs(exercise):  # with train.fit, on the data set
     return exercise.trains == "epochs"
 
 
@@ -288,10 +288,10 @@ def _fits(exercise):
 APPLIES = {
     "dataset": _reads_data, "data_path": _reads_data, "train_size": _reads_data,
     "batch_size": _reads_data,
-    "test_size": _fits, "epochs": _fits, "evaluate": _fits, "loader": _fits,
-    "channels_last": _fits, "amp": _fits,
-    "compile": lambda e: _fits(e) or e.picks_slice,
-    "num_workers": lambda e: ((_fits(e) or e.picks_slice)
+    "test_size": _trains_epochs, "epochs": _trains_epochs, "evaluate": _trains_epochs,
+    "loader": _trains_epochs, "channels_last": _trains_epochs, "amp": _trains_epochs,
+    "compile": lambda e: _trains_epochs(e) or e.picks_slice,
+    "num_workers": lambda e: ((_trains_epochs(e) or e.picks_slice)
                               and not (e.sweeps_workers or e.takes_best_workers)),
     "optimizer": lambda e: e.trains is not None,
     "lr": lambda e: e.trains is not None,
@@ -304,6 +304,7 @@ APPLIES = {
     "force": lambda e: False,  # `all` alone reruns what is complete
 }
 FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
+TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
 
 
 def applies(dest, exercise, exercises, quick=()):
@@ -336,9 +337,6 @@ def check_applicable(parser, args, exercises, quick=()):
                    and applies(other, run[0], exercises) else "")
         raise UsageError(f"{flags[action.dest]} is for {', '.join(takers) or 'all'}, not "
                          f"{args.exercise}{instead}")
-
-
-TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
 
 
 def check_compiler():
