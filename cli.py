@@ -286,7 +286,7 @@ def _reads_data(exercise):
     return exercise.uses_data or exercise.picks_slice
 
 
-def _fits(exercise):
+def _trains_epochs(exercise):  # with train.fit, on the data set
     return exercise.trains == "epochs"
 
 
@@ -296,10 +296,10 @@ def _fits(exercise):
 APPLIES = {
     "dataset": _reads_data, "data_path": _reads_data, "train_size": _reads_data,
     "batch_size": _reads_data,
-    "test_size": _fits, "epochs": _fits, "evaluate": _fits, "loader": _fits,
-    "channels_last": _fits, "amp": _fits,
-    "compile": lambda e: _fits(e) or e.picks_slice,
-    "num_workers": lambda e: ((_fits(e) or e.picks_slice)
+    "test_size": _trains_epochs, "epochs": _trains_epochs, "evaluate": _trains_epochs,
+    "loader": _trains_epochs, "channels_last": _trains_epochs, "amp": _trains_epochs,
+    "compile": lambda e: _trains_epochs(e) or e.picks_slice,
+    "num_workers": lambda e: ((_trains_epochs(e) or e.picks_slice)
                               and not (e.sweeps_workers or e.takes_best_workers)),
     "optimizer": lambda e: e.trains is not None,
     "lr": lambda e: e.trains is not None,
@@ -312,6 +312,7 @@ APPLIES = {
     "force": lambda e: False,  # `all` alone reruns what is complete
 }
 FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
+TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
 
 
 def applies(dest, exercise, exercises, quick=()):
@@ -344,9 +345,6 @@ def check_applicable(parser, args, exercises, quick=()):
                    and applies(other, run[0], exercises) else "")
         raise UsageError(f"{flags[action.dest]} is for {', '.join(takers) or 'all'}, not "
                          f"{args.exercise}{instead}")
-
-
-TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
 
 
 def check_compiler():
@@ -440,7 +438,14 @@ def on_stop_signals(handler):
 def stop_once(signum, frame):
     """The first stop signal stops the run; later ones are ignored, so that they cannot break
     the shutdown that saves REPORT.md, stops the DataLoader's workers and unlocks the results
-    folder. DataLoader workers started by fork inherit this handler; torch's worker loop ends
-    quietly on the KeyboardInterrupt it raises."""
+    folder.
+
+    A signal sent to the whole process group (Ctrl-C, `timeout`, Slurm, torchrun stopping its
+    ranks) reaches the DataLoader's workers too: they end on SIGINT and SIGHUP through this
+    handler, which they inherit, and on SIGTERM through torch's own. torch's SIGCHLD handler
+    would then report each worker's end as a failure, so it goes now.
+    """
     on_stop_signals(signal.SIG_IGN)
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)

@@ -333,12 +333,15 @@ class SignalTest(TempDirTest):
     """SIGTERM and SIGHUP end a run as Ctrl-C does: one line, 128 + the signal's number, the
     finished epochs kept, the DataLoader's workers gone, the results folder unlocked."""
 
-    def stop_during_an_epoch(self, signum):
+    def stop_during_an_epoch(self, signum, group=False):
+        """Send `signum` to the run during an epoch with two workers: to the process alone
+        (`kill`, `docker stop`), or with `group` to its whole process group, workers included
+        (a closing terminal, `timeout`, Slurm, torchrun)."""
         args = [sys.executable, str(HERE / "lab.py"), "c2", "--dataset", "synthetic",
                 "--train-size", "64", "--test-size", "20", "--batch-size", "16",
                 "--epochs", "50", "--num-workers", "2", "--out", self.out]
         process = subprocess.Popen(args, cwd=HERE, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=group)
         self.addCleanup(ended, process)
         saved, workers = Path(self.out) / "c2.json", []
         deadline = time.time() + 240
@@ -346,7 +349,10 @@ class SignalTest(TempDirTest):
             workers = child_processes(process.pid) if saved.exists() else []  # workers up
             time.sleep(0.05)
         self.assertEqual(len(workers), 2, "no epoch with its two workers in 240 s")
-        process.send_signal(signum)
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         _, err = process.communicate(timeout=120)
         lines = [line for line in err.splitlines() if line.strip()
                  and not line.startswith("epoch ")]  # beside the progress of the epochs
@@ -364,8 +370,8 @@ class SignalTest(TempDirTest):
         with report.results_folder(self.out):  # unlocked
             pass
 
-    def test_sigterm_during_an_epoch_with_workers(self):
-        self.stop_during_an_epoch(signal.SIGTERM)
+    def test_sigterm_to_the_process_group_during_an_epoch_with_workers(self):
+        self.stop_during_an_epoch(signal.SIGTERM, group=True)
 
     def test_sighup_during_an_epoch_with_workers(self):
         self.stop_during_an_epoch(signal.SIGHUP)
