@@ -34,7 +34,8 @@ OTHER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
                  "#bcbd22", "#17becf")  # for names the palette does not know, in turn
 PARTS = ("data", "train", "other")  # an epoch's three windows (timing.py), bottom to top
 LABELS = {"data": "data (waiting for a batch)", "train": "train (step, synchronised)",
-          "other": "other (the loop itself)", "first batch": "first batch (worker start-up)",
+          "other": "other (the loop itself)",
+          "first batch": "first batch (worker start-up included)",
           "with_bn": "with BatchNorm", "without_bn": "without BatchNorm"}
 WIDTH, HEIGHT, DPI = 8.0, 4.0, 110  # about 880 x 440 pixels: REPORT.md's width
 NO_MATPLOTLIB = ("charts: matplotlib is not installed, so no PNG charts are drawn; "
@@ -183,12 +184,12 @@ def chart_c4(result, path):
     rest = [{"first_batch_time": e["first_batch_time"],
              "data_time": e["data_time"] - e["first_batch_time"]} for e in figures]
     stacked_parts(wait, labels, rest, parts=("first batch", "data"))
-    wait.set_title("the wait for data alone")
+    wait.set_title("the wait for data: the first batch, then the rest")
     figure.suptitle(f"C4: 1 worker against the best count ({result['best_workers']})")
     handles = [*whole.get_legend_handles_labels()[0],
                wait.get_legend_handles_labels()[0][0]]
     figure.legend(handles, [h.get_label() for h in handles], loc="upper center",
-                  bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+                  bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return save(plt, figure, path)
 
 
