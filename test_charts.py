@@ -259,7 +259,7 @@ class BeyondTheLabChartsTest(ChartTest):
                       "DataLoader, 0 workers (reference)"):
             self.assertIn(label, texts)
         rate = result["step"]["rows"][1]["images_per_second"]
-        self.assertIn(f" {rate:,.1f}/s", texts)
+        self.assertIn(f"{rate:,.1f} images/s", texts)
 
 
 class WithoutMatplotlibTest(TempDirTest):
