@@ -97,7 +97,8 @@ def save(plt, figure, path):
 
 
 def stacked_parts(axes, labels, figures, parts=PARTS):
-    """One bar per label, the epoch's parts stacked in their colours; figures[i][part] in s."""
+    """One bar per label, the parts stacked in their colours; figures[i]["<part>_time"], in
+    seconds, is each bar's part ("first batch": "first_batch_time")."""
     positions = range(len(labels))
     bottom = [0.0] * len(labels)
     for part in parts:
@@ -129,9 +130,11 @@ def chart_c2(result, path):
     plt = pyplot()
     if plt is None:
         return False
-    figures = result["epochs"] + ([result["summary"]] if len(result["epochs"]) > 1 else [])
-    labels = [f"epoch {e['epoch']}" for e in result["epochs"]] + ["mean"] * (len(figures) >
-                                                                            len(result["epochs"]))
+    epochs = result["epochs"]
+    figures, labels = list(epochs), [f"epoch {e['epoch']}" for e in epochs]
+    if len(epochs) > 1:  # the mean beside them, as in the table
+        figures.append(result["summary"])
+        labels.append("mean")
     figure, (axes,) = figure_with(plt)
     tops = stacked_parts(axes, labels, figures)
     note_shares(axes, tops, figures)
