@@ -29,12 +29,14 @@ COLOURS = {
     "eager": "#7f7f7f", "default": "#17becf", "compile": "#17becf",
     "reduce-overhead": "#9edae5", "max-autotune": "#bcbd22",
     "trace": "#aec7e8", "script": "#c49c94", "export": "#f7b6d2", "aoti": "#dbdb8d",
+    "option": "#8da0cb",  # a speed option of the bench other than compiling
 }
 OTHER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                  "#bcbd22", "#17becf")  # for names the palette does not know, in turn
 PARTS = ("data", "train", "other")  # an epoch's three windows (timing.py), bottom to top
 LABELS = {"data": "data (waiting for a batch)", "train": "train (step, synchronised)",
-          "other": "other (the loop itself)", "first batch": "first batch (worker start-up)",
+          "other": "other (the loop itself)",
+          "first batch": "first batch (worker start-up included)",
           "with_bn": "with BatchNorm", "without_bn": "without BatchNorm"}
 WIDTH, HEIGHT, DPI = 8.0, 4.0, 110  # about 880 x 440 pixels: REPORT.md's width
 NO_MATPLOTLIB = ("charts: matplotlib is not installed, so no PNG charts are drawn; "
@@ -95,7 +97,8 @@ def save(plt, figure, path):
 
 
 def stacked_parts(axes, labels, figures, parts=PARTS):
-    """One bar per label, the epoch's parts stacked in their colours; figures[i][part] in s."""
+    """One bar per label, the parts stacked in their colours; figures[i]["<part>_time"], in
+    seconds, is each bar's part ("first batch": "first_batch_time")."""
     positions = range(len(labels))
     bottom = [0.0] * len(labels)
     for part in parts:
@@ -127,9 +130,11 @@ def chart_c2(result, path):
     plt = pyplot()
     if plt is None:
         return False
-    figures = result["epochs"] + ([result["summary"]] if len(result["epochs"]) > 1 else [])
-    labels = [f"epoch {e['epoch']}" for e in result["epochs"]] + ["mean"] * (len(figures) >
-                                                                            len(result["epochs"]))
+    epochs = result["epochs"]
+    figures, labels = list(epochs), [f"epoch {e['epoch']}" for e in epochs]
+    if len(epochs) > 1:  # the mean beside them, as in the table
+        figures.append(result["summary"])
+        labels.append("mean")
     figure, (axes,) = figure_with(plt)
     tops = stacked_parts(axes, labels, figures)
     note_shares(axes, tops, figures)
@@ -183,12 +188,12 @@ def chart_c4(result, path):
     rest = [{"first_batch_time": e["first_batch_time"],
              "data_time": e["data_time"] - e["first_batch_time"]} for e in figures]
     stacked_parts(wait, labels, rest, parts=("first batch", "data"))
-    wait.set_title("the wait for data alone")
+    wait.set_title("the wait for data: the first batch, then the rest")
     figure.suptitle(f"C4: 1 worker against the best count ({result['best_workers']})")
     handles = [*whole.get_legend_handles_labels()[0],
                wait.get_legend_handles_labels()[0][0]]
     figure.legend(handles, [h.get_label() for h in handles], loc="upper center",
-                  bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+                  bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return save(plt, figure, path)
 
 
@@ -399,34 +404,41 @@ def chart_bench(result, path):
     if plt is None:
         return False
     step, pipeline = result["step"], result.get("pipeline")
-    figure, axes = figure_with(plt, panels=2 if pipeline else 1, width=WIDTH + 2,
-                               height=1.2 + 0.45 * len(step["rows"]))
-    ladder(axes[0], step["rows"], [colour({"default": "eager"}.get(row["name"], row["name"]), i)
-                                    for i, row in enumerate(step["rows"])])
+    counts = [len(step["rows"])] + ([len(pipeline["rows"])] if pipeline else [])
+    figure, axes = plt.subplots(len(counts), 1, squeeze=False, figsize=(
+        WIDTH, 0.5 + sum(0.9 + 0.4 * count for count in counts)),
+        gridspec_kw={"height_ratios": counts})  # one above the other: the names are long
+    axes = list(axes[:, 0])
+    # The default is the lab's eager path; compiled rows are torch.compile's colour.
+    ladder(axes[0], step["rows"], [colour("eager") if row["name"] == "default"
+                                   else colour("compile") if row["options"].get("compile")
+                                   else colour("option") for row in step["rows"]])
     axes[0].set(title=f"training step, batch {step['batch_size']}",
                 xlabel="images/s as a multiple of the default's")
     if pipeline:
         names = [row["name"] + (" (reference)" if row["name"] == pipeline["reference"] else "")
                  for row in pipeline["rows"]]
         ladder(axes[1], [{**row, "name": name} for row, name in zip(pipeline["rows"], names)],
-               [colour("data") if row["num_workers"] is not None else colour("first batch")
+               [colour("data") if row["num_workers"] is not None else colour("option")
                 for row in pipeline["rows"]])
         axes[1].set(title=f"data pipeline, batch {pipeline['batch_size']}",
-                    xlabel=f"images/s as a multiple of {pipeline['reference']}'s")
+                    xlabel="images/s as a multiple of the reference's")
     figure.suptitle("bench: the speed ladder against the default")
     return save(plt, figure, path)
 
 
 def ladder(axes, rows, colours):
-    """Horizontal bars of each row's ratio, the line at 1 the reference; images/s at the end."""
+    """Horizontal bars of each row's ratio, the line at 1 the reference; the ratio and the
+    images/s at the end (both medians over the rounds, so they may rank two rows apart)."""
     for index, (row, bar_colour) in enumerate(zip(rows, colours)):
         if row.get("ratio") is None:
             axes.text(0, index, "  failed", va="center", fontsize=8)
             continue
         axes.barh([index], [row["ratio"]], color=bar_colour)
-        axes.annotate(f" {row['images_per_second']:,.1f}/s", (row["ratio"], index),
-                      va="center", fontsize=8)
+        rate = row["images_per_second"]
+        axes.annotate(f" {row['ratio']:.2f}x, {rate:,.{1 if rate < 100 else 0}f} images/s",
+                      (row["ratio"], index), va="center", fontsize=8)
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_yticks(range(len(rows)), [row["name"] for row in rows])
     axes.invert_yaxis()  # the ladder reads from the default down
-    axes.set_xlim(0, 1.3 * max((row["ratio"] or 0 for row in rows), default=1) or 1)
+    axes.set_xlim(0, 1.5 * max((row["ratio"] or 0 for row in rows), default=1) or 1)

@@ -144,7 +144,8 @@ class LabChartsTest(ChartTest):
 
     def test_c4_shows_both_runs_epoch_by_epoch(self):
         texts = self.drawn("c4", self.results["c4"][0])
-        for label in ("1 worker\nepoch 2", "0 workers\nepoch 2", "the wait for data alone"):
+        for label in ("1 worker\nepoch 2", "0 workers\nepoch 2",
+                      "the wait for data: the first batch, then the rest"):
             self.assertIn(label, texts)
 
     def test_c5_says_why_the_gpu_is_missing_or_how_much_faster_it_is(self):
@@ -264,7 +265,7 @@ class BeyondTheLabChartsTest(ChartTest):
                       "DataLoader, 0 workers (reference)"):
             self.assertIn(label, texts)
         rate = result["step"]["rows"][1]["images_per_second"]
-        self.assertIn(f" {rate:,.1f}/s", texts)
+        self.assertIn(f"{rate:,.1f} images/s", texts)
 
 
 class WithoutMatplotlibTest(TempDirTest):
