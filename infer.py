@@ -272,7 +272,8 @@ def convert_way(convert, model, example, folder):
     """One way's conversion, file and round trip: (its outcome so far, its Converted or None).
     A failure is a one-line reason; the outcome collects the warnings of every later call."""
     outcome = {**dict.fromkeys(("convert_s", "load_s", "file_bytes", "no_file", "error",
-                                "reload_max_diff", "reload_matches")), "batches": [], "warnings": []}
+                                "reload_max_diff", "reload_matches")),
+               "batches": [], "warnings": []}
     converted = None
     with recording(outcome), torch.inference_mode():
         try:
