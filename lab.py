@@ -613,7 +613,7 @@ EXERCISES = {
     "infer": Exercise("Inference: eager, TorchScript, torch.export and compiled", infer.infer,
                       infer.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes"),
-    "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
+    "ddp": Exercise("Data-parallel scaling: processes, batch per process, exposed communication",
                     ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
                     batch_sizes="ddp_batch_sizes"),
 }
