@@ -339,6 +339,8 @@ def chart_infer(result, path):
                                                   else "not measured"), va="center", fontsize=8)
                 continue
             median, p90 = batches[panel]["median_ms"], batches[panel]["p90_ms"]
+            if p90 is None:  # too few calls for a p90: the bar alone
+                p90 = median
             each.barh([row], [median], color=colour(name, row), xerr=[[0], [p90 - median]],
                       capsize=3)
             each.annotate(f" {median:.{1 if median >= 1 else 3}f} ms", (p90, row), va="center",
@@ -349,7 +351,7 @@ def chart_infer(result, path):
         each.set_xlim(0, 1.3 * slowest or 1)  # room for the figures after the whiskers
         each.set(title=f"batch {size}", xlabel="milliseconds per call (median)")
     figure.suptitle(f"infer: latency of each way on {result['inference_device']}; "
-                    "whisker: up to the p90 of single calls")
+                    "whisker: up to the p90 of single calls (from 10 calls)")
     return save(plt, figure, path)
 
 

@@ -1,13 +1,15 @@
 """Inference six ways, and what each one costs: `python lab.py infer --device cpu`.
 
 ResNet-18 (fresh seeded weights, or cfg.checkpoint's) runs eagerly, traced and scripted with
-TorchScript, exported with torch.export, compiled with torch.compile, and compiled ahead of time
-by AOTInductor. For each way, `infer(cfg)` measures the conversion time, the saved file's size
-and whether it loads back to the same outputs, the largest difference from eager's outputs, and
-at each batch size the latency (median, p90, p99 of single calls, each timed with the device
-synchronised at both ends) and images/s, in eval mode under torch.inference_mode(). It also
-shows what TorchScript and torch.export make of one BasicBlock, and how a trace goes wrong.
-`render_infer(result)`, at the end, prints the tables and what the numbers say.
+TorchScript, exported with torch.export, compiled with torch.compile (static shapes, as in
+training), and compiled ahead of time by AOTInductor. For each way, `infer(cfg)` measures the
+conversion with TorchInductor's caches off (as C8), AOTInductor's load, the saved file's size
+and whether it loads back to the same outputs; then at each batch size, the ways taking turns
+call by call, the first call, the latency (median; p90, p99 from enough calls) of single calls
+timed with the device synchronised at both ends, images/s, and how far any call's outputs are
+from eager's, in eval mode under torch.inference_mode(). It also shows what TorchScript and
+torch.export make of one BasicBlock, and how a trace goes wrong. `render_infer(result)` prints
+the tables and what they say, with the calls after which a way pays for its one-time costs.
 """
 
 import contextlib
@@ -28,15 +30,18 @@ import torch.nn as nn
 from machine import available_memory
 from render import markdown_table, one_line, plural
 from resnet import ResNet18
+from speed import cold_compiles, start_compiler
 from timing import Timer, synchronize
+from train import compile_model
 
-# Per device type: after the first call and `warmup` more, calls are timed until there are
-# `min_runs` and `budget_s` seconds have passed, or there are `max_runs`. The CPU's are few
-# because one batch of 128 takes seconds on two cores.
+# Per device type: after every way's first call and `warmup` untimed rounds, rounds of one call
+# per way are timed until there are `min_runs` and `budget_s` seconds per way have passed, or
+# there are `max_runs`. The CPU's are few because one batch of 128 takes a second on 2 cores.
 REPEATS = {
     "cpu": {"warmup": 1, "min_runs": 3, "max_runs": 50, "budget_s": 1.0},
     "cuda": {"warmup": 20, "min_runs": 100, "max_runs": 1000, "budget_s": 2.0},
 }
+MIN_PERCENTILE_CALLS = 10  # p90, p99 and the spread flag from this many timed calls or more
 TOLERANCE = 1e-3   # largest |difference| from eager allowed, relative to eager's largest |output|
 EXAMPLE_BATCH = 2  # torch.export fixes a dimension it sees as 1, so it sees a batch of 2
 MAX_BATCH = 4096   # the exported programs accept any batch size from 1 to this
@@ -54,8 +59,10 @@ DEPRECATION = (
     "branch. To compile that exported graph ahead of time into a package that a Python or C++ "
     "process loads and runs without compiling again: AOTInductor "
     "(torch._inductor.aoti_compile_and_package, then aoti_load_package). For speed inside a "
-    "Python program: torch.compile, which compiles on the first call at each new input shape "
-    "and keeps the result in the process, with nothing to save."
+    "Python program: torch.compile, which keeps the result in the process, with nothing to "
+    "save; with static shapes (dynamic=False, as here and in training) it compiles on the "
+    "first call at each new input shape (by default the second shape compiles one dynamic "
+    "graph, which every later batch size runs)."
 )
 
 
@@ -71,6 +78,7 @@ class Converted(NamedTuple):
     path: str = None       # the saved file; None when the way has none
     reload: object = None  # () -> the callable read back from `path`
     no_file: str = None    # why there is no file
+    load_s: float = None   # seconds to load `run` from `path`, when it was loaded from there
 
 
 # ----------------------------------------------------------------------------------------
@@ -121,22 +129,27 @@ def convert_export(model, example, folder):
 
 
 def convert_compile(model, example, folder):
-    """torch.compile (default mode): compiles on the first call at each new input shape."""
+    """torch.compile with static shapes (dynamic=False), as training compiles: a graph for the
+    example's batch size now, and another on the first call at each new batch size (past
+    torch._dynamo's recompile limit, 8 shapes, new ones run eagerly)."""
     torch._dynamo.reset()  # start cold, so that the conversion time holds all the compiling
     with Timer(example.device) as clock:
-        compiled = torch.compile(model)
+        compiled = compile_model(model)
         compiled(example)  # the compiling happens here
     return Converted(compiled, clock.elapsed,
                      no_file="torch.compile keeps its compiled code in the process; no file")
 
 
 def convert_aoti(model, example, folder):
-    """AOTInductor: the exported graph compiled ahead of time into a package to load and run."""
+    """AOTInductor: the exported graph compiled ahead of time into a package, then loaded (timed
+    apart: what a serving process pays to start)."""
     path = os.path.join(folder, "aoti.pt2")
     with Timer(example.device) as clock:
         torch._inductor.aoti_compile_and_package(export_program(model, example), package_path=path)
-    return Converted(torch._inductor.aoti_load_package(path), clock.elapsed, path,
-                     lambda: torch._inductor.aoti_load_package(path))
+    with Timer(example.device) as loading:
+        loaded = torch._inductor.aoti_load_package(path)
+    return Converted(loaded, clock.elapsed, path, lambda: torch._inductor.aoti_load_package(path),
+                     load_s=loading.elapsed)
 
 
 WAYS = {"eager": convert_eager, "trace": convert_trace, "script": convert_script,
@@ -187,18 +200,26 @@ def infer(cfg, save=None, ways=None, work_dir=None):
         "eager_output_scale": [output.abs().max().item() for output in reference],
         "block": look_at_a_block(model, device),
         "trace_versus_script": trace_versus_script(),
-        "deprecation": DEPRECATION,
-        "ways": {},
+        "deprecation": DEPRECATION, "caches": "cold", "compiler_startup_s": None,
+        "min_percentile_calls": MIN_PERCENTILE_CALLS, "ways": {},
     }
-    with tempfile.TemporaryDirectory(prefix="infer-", dir=work_dir) as folder:
+    repeats = REPEATS[device.type]
+    with tempfile.TemporaryDirectory(prefix="infer-", dir=work_dir) as folder, cold_compiles():
+        if {"compile", "aoti"} & set(ways):  # paid once per process, by whichever comes first
+            result["compiler_startup_s"] = start_compiler(device)
+        converted = {}
         for name in ways:
             os.makedirs(os.path.join(folder, name))
-            result["ways"][name] = measure_way(WAYS[name], model, inputs, reference,
-                                               os.path.join(folder, name), REPEATS[device.type])
-            result["total_s"] = time.perf_counter() - started
-            if save is not None:
-                save(result)
-    result["total_s"] = time.perf_counter() - started
+            result["ways"][name], converted[name] = convert_way(
+                WAYS[name], model, inputs[0], os.path.join(folder, name))
+            _saved(result, started, save)
+        for images, expected in zip(inputs, reference):
+            live = {name: way for name, way in converted.items()
+                    if not result["ways"][name]["error"]}
+            rows = time_in_rounds(live, result["ways"], images, expected, repeats)
+            for name, row in rows.items():
+                result["ways"][name]["batches"].append(row)
+            _saved(result, started, save)
     return result
 
 
@@ -220,6 +241,12 @@ def check_memory(batch_sizes, device):
                          f"{needed / 2**30:.3g} GiB of memory for the inputs and a forward pass, "
                          f"and {free / 2**30:.1f} GiB is free on {device.type}: ask for smaller "
                          "batches")
+
+
+def _saved(result, started, save):
+    result["total_s"] = time.perf_counter() - started
+    if save is not None:
+        save(result)
 
 
 def load_model(cfg):
@@ -276,23 +303,31 @@ def _listed(what, keys):
     return f"{len(keys)} {what}: {', '.join(keys[:3])}{more}"
 
 
-def measure_way(convert, model, inputs, reference, folder, repeats):
-    """One way's conversion, file, round trip and latencies; a failure is a one-line reason."""
-    outcome = {"convert_s": None, "file_bytes": None, "no_file": None, "reload_max_diff": None,
-               "reload_matches": None, "batches": [], "error": None}
-    with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-        warnings.simplefilter("always")
+def convert_way(convert, model, example, folder):
+    """One way's conversion, file and round trip: (its outcome so far, its Converted or None).
+    A failure is a one-line reason; the outcome collects the warnings of every later call."""
+    outcome = {**dict.fromkeys(("convert_s", "load_s", "file_bytes", "no_file", "error",
+                                "reload_max_diff", "reload_matches")),
+               "batches": [], "warnings": []}
+    converted = None
+    with recording(outcome), torch.inference_mode():
         try:
-            converted = convert(model, inputs[0], folder)
-            outcome["convert_s"] = converted.convert_s
-            outcome.update(round_trip(converted, inputs[0]))
-            for images, expected in zip(inputs, reference):
-                outcome["batches"].append(latency(converted.run, images, expected, repeats))
+            converted = convert(model, example, folder)
+            outcome.update(convert_s=converted.convert_s, load_s=converted.load_s)
+            outcome.update(round_trip(converted, example))
         except Exception as error:
             outcome["error"] = one_line(error)
-    outcome["warnings"] = sorted({f"{w.category.__name__}: {one_line(w.message, False)}"
-                                  for w in caught})
-    return outcome
+    return outcome, converted
+
+
+@contextlib.contextmanager
+def recording(outcome):
+    """The warnings raised inside, added to outcome["warnings"] (each once)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    outcome["warnings"] = sorted(set(outcome["warnings"]) | {
+        f"{w.category.__name__}: {one_line(w.message, False)}" for w in caught})
 
 
 def round_trip(converted, images):
@@ -306,29 +341,57 @@ def round_trip(converted, images):
             "reload_matches": difference <= TOLERANCE * before.abs().max().item()}
 
 
-def latency(run, images, expected, repeats):
-    """Time single calls of `run` on one batch; and how far its outputs are from `expected`."""
-    first_s, outputs = timed_call(run, images)
+def time_in_rounds(converted, outcomes, images, expected, repeats):
+    """Each way's latency on one batch, the ways taking turns as the bench's rows do (so that
+    a load coming and going hits them alike) in the rounds that REPEATS describes. Every
+    call's outputs are compared with eager's, `expected`; a way that fails is dropped, its
+    one-line reason in outcomes[name]["error"]."""
+    live = dict(converted)
+    rows = {name: {"batch_size": len(images), "max_abs_diff": 0.0} for name in live}
+    times = {name: [] for name in live}
+
+    def call(name):
+        try:
+            with recording(outcomes[name]), torch.inference_mode():
+                seconds, outputs = timed_call(live[name].run, images)
+        except Exception as error:
+            outcomes[name]["error"] = one_line(error)
+            del live[name]
+            return None
+        rows[name]["max_abs_diff"] = max(rows[name]["max_abs_diff"],
+                                         max_difference(outputs, expected))
+        return seconds
+
+    for name in list(live):
+        first = call(name)
+        if first is not None:
+            rows[name]["first_call_ms"] = 1000 * first
     for _ in range(repeats["warmup"]):
-        run(images)
-    times = []
-    deadline = time.perf_counter() + repeats["budget_s"]
-    while len(times) < repeats["max_runs"] and (
-            len(times) < repeats["min_runs"] or time.perf_counter() < deadline):
-        times.append(timed_call(run, images)[0])
+        for name in list(live):
+            call(name)
+    deadline = time.perf_counter() + repeats["budget_s"] * len(live)
+    rounds = 0
+    while live and rounds < repeats["max_runs"] and (
+            rounds < repeats["min_runs"] or time.perf_counter() < deadline):
+        for name in list(live):
+            seconds = call(name)
+            if seconds is not None:
+                times[name].append(seconds)
+        rounds += 1
+    scale = expected.abs().max().item()
+    return {name: latency_row(rows[name], times[name], scale) for name in live}
+
+
+def latency_row(row, times, scale):
+    """A way's figures at one batch size from its timed calls; p90 and p99 only from
+    MIN_PERCENTILE_CALLS calls or more (from fewer they are about the slowest call)."""
     median = percentile(times, 50)
-    difference = max_difference(outputs, expected)
-    return {
-        "batch_size": len(images),
-        "first_call_ms": 1000 * first_s,
-        "median_ms": 1000 * median,
-        "p90_ms": 1000 * percentile(times, 90),
-        "p99_ms": 1000 * percentile(times, 99),
-        "images_per_s": len(images) / median,
-        "runs": len(times),
-        "max_abs_diff": difference,
-        "matches_eager": difference <= TOLERANCE * expected.abs().max().item(),
-    }
+    enough = len(times) >= MIN_PERCENTILE_CALLS
+    return {**row, "median_ms": 1000 * median,
+            "p90_ms": 1000 * percentile(times, 90) if enough else None,
+            "p99_ms": 1000 * percentile(times, 99) if enough else None,
+            "images_per_s": row["batch_size"] / median, "runs": len(times),
+            "matches_eager": row["max_abs_diff"] <= TOLERANCE * scale}
 
 
 def timed_call(run, images):
@@ -427,11 +490,13 @@ def render_infer_setup(result):
         f"{'with' if result['batch_norm'] else 'without'} BatchNorm, weights: "
         f"{weights}; torch {result['torch_version']}, {result['threads']} CPU threads. "
         f"Inputs are seeded random images. Each latency is one call, device synchronised "
-        f"before and after: the first call at a batch size, then {repeats['warmup']} more "
-        f"untimed, then at least {repeats['min_runs']} timed calls over at least "
-        f"{repeats['budget_s']} s (at most {repeats['max_runs']}). Outputs match eager when "
-        f"they differ by at most {result['tolerance']:g} of eager's largest output. "
-        f"Whole run: {result.get('total_s', 0):.0f} s."
+        f"before and after, the ways taking turns call by call: at each batch size every "
+        f"way's first call, {plural(repeats['warmup'], 'untimed round')}, then at least "
+        f"{repeats['min_runs']} timed rounds over at least {repeats['budget_s']} s per way "
+        f"(at most {repeats['max_runs']}); p90 and p99 from "
+        f"{result.get('min_percentile_calls', MIN_PERCENTILE_CALLS)} timed calls or more. "
+        f"Outputs match eager when no call's differ by more than {result['tolerance']:g} of "
+        f"eager's largest output. Whole run: {result.get('total_s', 0):.0f} s."
     )
 
 
@@ -439,18 +504,33 @@ def render_infer_conversions(result):
     rows = []
     for name, way in result["ways"].items():
         size = "-" if way["file_bytes"] is None else f"{way['file_bytes'] / 1e6:.1f}"
-        if way["error"]:
+        if way["error"] and way["reload_matches"] is None:
             reload = "-"
         elif way["no_file"]:
             reload = way["no_file"]
         else:
             reload = (f"{'same' if way['reload_matches'] else 'DIFFERENT'} "
                       f"(max diff {way['reload_max_diff']:.1e})")
-        convert = "-" if way["convert_s"] is None else f"{way['convert_s']:.2f}"
-        rows.append([name, convert, size, reload, way["error"] or ""])
+        rows.append([name, _number(way["convert_s"]), _number(way.get("load_s")), size, reload,
+                     way["error"] or ""])
+    startup = result.get("compiler_startup_s")
+    caches = ("with TorchInductor's caches off, as on a first run on this machine (as C8 "
+              "times them)" if result.get("caches") == "cold" else
+              "with whatever TorchInductor's caches held (they may have been warm)")
+    notes = (f"Conversions timed {caches}"
+             + ("" if startup is None else f"; the compiler's start-up, once per process, took "
+                f"{startup:.1f} s before them and is in no way's figure") + ". compile is "
+             "torch.compile with static shapes (dynamic=False, as training compiles): it "
+             f"compiled for batch {result['batch_sizes'][0]} when converted, and compiles again "
+             "on its first call at each other batch size. load: AOTInductor's package read into "
+             "this process; the other ways run what they made in memory.")
     return "### Conversion and saved file\n\n" + markdown_table(
-        ["way", "conversion (s)", "file (MB)", "saved -> loaded outputs", "error"], rows,
-        align="lrrll")
+        ["way", "conversion (s)", "load (s)", "file (MB)", "saved -> loaded outputs", "error"],
+        rows, align="lrrrll") + "\n\n" + notes
+
+
+def _number(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def render_infer_latency(result, index):
@@ -462,8 +542,9 @@ def render_infer_latency(result, index):
     for name, row in rows:
         speedup = "-" if eager is None else f"{eager['median_ms'] / row['median_ms']:.2f}x"
         table.append([name, f"{row['first_call_ms']:.1f}", f"{row['median_ms']:.2f}",
-                      f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}",
-                      f"{row['images_per_s']:,.0f}", speedup, row["runs"],
+                      _number(row["p90_ms"]), _number(row["p99_ms"]),
+                      f"{row['images_per_s']:,.{0 if row['images_per_s'] >= 10 else 2}f}",
+                      speedup, row["runs"],
                       f"{row['max_abs_diff']:.1e}" + ("" if row["matches_eager"] else " (!)")])
     return f"### Batch size {batch_size}\n\n" + markdown_table(
         ["way", "first call (ms)", "median (ms)", "p90 (ms)", "p99 (ms)", "images/s",
@@ -490,32 +571,47 @@ def render_infer_findings(result):
     lines += _agreement(result, ways)
     lines += [f"- {name} failed: {way['error']}" for name, way in result["ways"].items()
               if way["error"]]
-    spread = [f"{name} at batch {row['batch_size']}" for name, way in ways.items()
-              for row in way["batches"] if row["p90_ms"] > 1.5 * row["median_ms"]]
+    every_row = [(name, row) for name, way in ways.items() for row in way["batches"]]
+    spread = [f"{name} at batch {row['batch_size']}" for name, row in every_row
+              if row["p90_ms"] is not None and row["p90_ms"] > 1.5 * row["median_ms"]]
     if spread:
         lines.append(f"- p90 over 1.5x the median, calls that vary a lot (another load on the "
                      f"machine?): {', '.join(spread)}.")
-    fewest = min((row["runs"] for way in ways.values() for row in way["batches"]), default=0)
-    if 0 < fewest < 100:
-        lines.append(f"- With as few as {fewest} timed calls, p99 is close to the slowest call, "
-                     "not a true 99th percentile.")
+    few = sorted({row["batch_size"]: row["runs"] for _, row in every_row
+                  if row["p90_ms"] is None}.items())
+    if few:
+        lines.append("- No p90, p99 or spread flag where there were fewer than "
+                     f"{result.get('min_percentile_calls', MIN_PERCENTILE_CALLS)} timed calls: "
+                     + ", ".join(f"batch {size}, {plural(runs, 'call')} a way"
+                                 for size, runs in few) + ".")
     return "### What the numbers say\n\n" + "\n".join(lines)
 
 
+def one_time_costs(way, row):
+    """(conversion, load, first call beyond a timed one) in seconds: what a user pays once
+    before serving at this batch size (load where the timed callable came from a package)."""
+    first_s = max(row["first_call_ms"] - row["median_ms"], 0.0) / 1000
+    return way["convert_s"] or 0.0, way.get("load_s") or 0.0, first_s
+
+
 def _payback(rows, ways, batch_size):
-    """After how many calls a way faster than eager has won back its conversion time."""
-    eager = rows.get("eager")
-    paid = []
+    """After how many calls a way faster than eager has won back what it cost once."""
+    eager, paid = rows.get("eager"), []
     for name, row in rows.items():
-        convert_s = ways[name]["convert_s"] or 0.0
-        saved_ms = eager["median_ms"] - row["median_ms"] if eager else 0.0
-        if name != "eager" and convert_s > 0 and saved_ms > 0:
-            calls = math.ceil(1000 * convert_s / saved_ms)
-            paid.append(f"{name} after {plural(calls, 'call')} ({saved_ms:.2f} ms saved a call, "
-                        f"{convert_s:.1f} s to convert)")
+        convert_s, load_s, first_s = one_time_costs(ways[name], row)
+        once_s = convert_s + load_s + first_s
+        if name == "eager" or not eager or once_s <= 0:
+            continue
+        saved_ms = eager["median_ms"] - row["median_ms"]
+        if saved_ms <= 0:
+            continue
+        load = f" + {load_s:.1f} s to load" if load_s else ""
+        paid.append(f"{name} after {plural(math.ceil(1000 * once_s / saved_ms), 'call')} "
+                    f"({saved_ms:.2f} ms saved a call; once: {convert_s:.1f} s to convert{load}"
+                    f" + {first_s:.1f} s more in the first call)")
     if not paid:
         return []
-    return [f"  - Faster than eager at batch {batch_size}, so the conversion pays for itself: "
+    return [f"  - Faster than eager at batch {batch_size}, so what it cost once pays for itself: "
             + "; ".join(paid) + "."]
 
 

@@ -631,7 +631,7 @@ EXERCISES = {
                       infer.render_infer, uses_data=False, in_lab=False,
                       batch_sizes="infer_batch_sizes", saves_each="way", takes=("checkpoint",),
                       chart=charts.chart_infer),
-    "ddp": Exercise("Data-parallel scaling: processes, batch per process, communication",
+    "ddp": Exercise("Data-parallel scaling: processes, batch per process, exposed communication",
                     ddp.ddp_study, ddp.render_ddp, uses_data=False, in_lab=False,
                     batch_sizes="ddp_batch_sizes", saves_each="run", trains="steps",
                     takes=("max_procs", "ddp_steps"), chart=charts.chart_ddp),
