@@ -227,7 +227,7 @@ def render_c3(result):
     best = result["best_workers"]
     rows = [[p["num_workers"], seconds(p["median"]), f"{p['min']:.3f}-{p['max']:.3f}",
              "best" if p["num_workers"] == best else ""] for p in points]
-    text = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", ""],
+    text = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", "note"],
                           rows, align="rrrl")
     chart = bar_chart([f"{p['num_workers']} workers" for p in points],
                       [p["median"] for p in points], mark=f"{best} workers")

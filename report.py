@@ -412,7 +412,7 @@ def report_header(cfg, sample, sliced=None):
             "Every figure below was measured by this project and read from the results files "
             "beside this report; the line under each heading names the data, the device and "
             "the settings of that run.\n\n"
-            + markdown_table(["", ""], rows, align="ll") + "\n\n")
+            + markdown_table(["setting", "value"], rows, align="ll") + "\n\n")
 
 
 def smoke_test_banner(sliced):
