@@ -358,7 +358,7 @@ def chart_infer(result, path):
 def chart_ddp(result, path):
     """ddp: images/s per world size, a line per batch per process against linear scaling
     (dashed), and each run's step split into computation and the exposed communication
-    beyond it (none with 1 process)."""
+    beyond it (none with 1 process, and none drawn where it is within the noise)."""
     plt = pyplot()
     if plt is None:
         return False
@@ -380,7 +380,10 @@ def chart_ddp(result, path):
     rate.set(title="throughput", xlabel="processes", ylabel="images per second (all processes)")
     rate.set_ylim(bottom=0)
     computation = [1000 * run["computation_time"] for run in ok]
-    exposed = [run["exposed_communication_time"] for run in ok]  # None: 1 process, none
+    # As the table: no bar for 1 process (nothing to all-reduce) or within the noise.
+    clear = [run["exposed_communication_clear"] for run in ok]
+    exposed = [run["exposed_communication_time"] if run["exposed_communication_clear"] else None
+               for run in ok]
     communication = [1000 * max(seconds or 0.0, 0.0) for seconds in exposed]
     below_zero = any(seconds is not None and seconds < 0 for seconds in exposed)
     step.bar(range(len(ok)), computation, color=colour("computation"),
@@ -388,6 +391,14 @@ def chart_ddp(result, path):
     step.bar(range(len(ok)), communication, bottom=computation, color=colour("communication"),
              label="exposed communication beyond it"
              + (" (below 0: drawn as 0)" if below_zero else ""))
+    for index, is_clear in enumerate(clear):
+        if is_clear is False:  # None: 1 process
+            step.annotate("noise", (index, computation[index]), ha="center", va="bottom",
+                          fontsize=7)
+    if False in clear:
+        step.plot([], [], " ", label="noise: exposed communication within the noise, not drawn")
+    tallest = max((c + e for c, e in zip(computation, communication)), default=0.0)
+    step.set_ylim(0, 1.1 * tallest or 1)  # room for the notes above the bars
     step.set_xticks(range(len(ok)), [f"{r['world_size']} × {r['batch_per_rank']}" for r in ok])
     step.set(title="one training step", xlabel="processes × batch per process",
              ylabel="milliseconds per step")

@@ -246,6 +246,25 @@ class BeyondTheLabChartsTest(ChartTest):
         for label in ("2 × 8", "batch 8 per process", "(1 run failed)"):
             self.assertIn(label, texts)
 
+    def test_ddp_draws_no_communication_bar_within_the_noise(self):
+        def run(full, computation):  # one 2-process run, as summarize_record gives it
+            record = {"world": {"world_size": 2, "global_batch": 16, "backend": "gloo",
+                                "threads_per_rank": 1},
+                      "init_time": 0.5, "steps": 2, "warmup": 2, "buffer_bytes": 38_000,
+                      "parameters_differ_on": [], "full_step": full,
+                      "computation_step": computation, "initial_weights_sha256": "0" * 16,
+                      "final_loss": 2.3, "all_reduce_time": 0.1, "gradient_floats": 11_173_962}
+            return {"world_size": 2, "batch_per_rank": 8, "wall_time": 3.0, "global_batch": 16,
+                    "ok": True, **ddp.summarize_record(record)}
+
+        noisy = run([0.30, 0.20], [0.25, 0.25])  # one pair above zero, one below
+        clear = run([0.40, 0.41], [0.25, 0.25])
+        self.assertFalse(noisy["exposed_communication_clear"])
+        self.assertTrue(clear["exposed_communication_clear"])
+        result = {"study_device": "cpu", "batch_sizes": [8], "world_sizes": [1, 2]}
+        self.assertIn("\nnoise\n", self.drawn("ddp", {**result, "runs": [noisy]}))
+        self.assertNotIn("\nnoise\n", self.drawn("ddp", {**result, "runs": [clear]}))
+
     def test_bench_ladders_each_option_against_the_default(self):
         few = {"cpu": {"warmup_steps": 1, "repeats": 2, "steps": 1, "pipeline_images": 32,
                        "pipeline_repeats": 1}}
