@@ -96,7 +96,18 @@ def build_parser(defaults, exercises):
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
     add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp)"), d)
+    add_summary_options(parser.add_argument_group("the summary"), exercises)
     return parser
+
+
+LAB_COMMANDS = ("all",)  # the commands that run the lab's exercises
+
+
+def add_summary_options(group, exercises):
+    wide = " and ".join(k for k, e in exercises.items() if e.wide_table)
+    group.add_argument("--wide", action="store_true", default=None,
+                       help=f"{wide}: add the kernel shape, the mult-adds and each row's share "
+                            "of the parameters, and the mult-adds total")
 
 
 def add_run_options(parser, d, quick, evaluated):
@@ -309,10 +320,15 @@ APPLIES = {
     "best_workers": lambda e: e.takes_best_workers,
     "batch_sizes": lambda e: e.batch_sizes is not None,
     "sync_bn": lambda e: e.data_parallel,
-    "force": lambda e: False,  # `all` alone reruns what is complete
+    "wide": lambda e: e.wide_table,
 }
 FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
 TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
+# A command's own options, which no exercise takes: `all` reruns what is complete (--force).
+COMMAND_OPTIONS = {"force": "all"}
+# What `all` refuses though an exercise it runs takes it: --wide widens one table (asked of the
+# summary alone, it does not make `all` rerun the rest).
+REFUSED_BY = {"all": ("wide",)}
 
 
 def applies(dest, exercise, exercises, quick=()):
@@ -320,6 +336,8 @@ def applies(dest, exercise, exercises, quick=()):
     where one of the slices it chooses (`quick`, Config fields) does."""
     if dest == "quick":
         return any(applies(field, exercise, exercises) for field in quick)
+    if dest in COMMAND_OPTIONS:
+        return False
     field = FIELD.get(dest, dest)
     if any(field in other.takes for other in exercises.values()) and field not in exercise.takes:
         return False
@@ -327,23 +345,34 @@ def applies(dest, exercise, exercises, quick=()):
     return field not in exercise.ignores and (rule is None or rule(exercise))
 
 
+def takes(command, dest, exercises, quick=()):
+    """Whether `command` (an exercise or `all`) takes the option with this dest: its own
+    (COMMAND_OPTIONS), or one that applies to an exercise it runs (for `all` one of the
+    lab's), unless REFUSED_BY says otherwise."""
+    if dest in COMMAND_OPTIONS:
+        return COMMAND_OPTIONS[dest] == command
+    if dest in REFUSED_BY.get(command, ()):
+        return False
+    run = ([e for e in exercises.values() if e.in_lab] if command in LAB_COMMANDS
+           else [exercises[command]])
+    return any(applies(dest, e, exercises, quick) for e in run)
+
+
 def check_applicable(parser, args, exercises, quick=()):
-    """UsageError for the first option given where it cannot apply, naming the exercises where
-    it does. For `all`, an option applies when it does to one of the lab's exercises."""
-    run = ([e for e in exercises.values() if e.in_lab] if args.exercise == "all"
-           else [exercises[args.exercise]])
+    """UsageError for the first option given where it cannot apply, naming the exercises (or
+    the command) where it does."""
     flags = {action.dest: "/".join(action.option_strings) for action in parser._actions}
     for action in parser._actions:
         if (not action.option_strings
                 or getattr(args, action.dest, action.default) == action.default
-                or (action.dest == "force" and args.exercise == "all")
-                or any(applies(action.dest, e, exercises, quick) for e in run)):
+                or takes(args.exercise, action.dest, exercises, quick)):
             continue
-        takers = [k for k, e in exercises.items() if applies(action.dest, e, exercises, quick)]
+        takers = ([COMMAND_OPTIONS[action.dest]] if action.dest in COMMAND_OPTIONS else
+                  [k for k, e in exercises.items() if applies(action.dest, e, exercises, quick)])
         other = TWINS.get(action.dest)
-        instead = (f"; {args.exercise} takes {flags[other]}" if other and len(run) == 1
-                   and applies(other, run[0], exercises) else "")
-        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers) or 'all'}, not "
+        instead = (f"; {args.exercise} takes {flags[other]}" if other and args.exercise
+                   in exercises and takes(args.exercise, other, exercises) else "")
+        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers)}, not "
                          f"{args.exercise}{instead}")
 
 
