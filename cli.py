@@ -19,6 +19,7 @@ from dataclasses import fields
 
 import torch
 
+import checks
 import ddp
 import parallel
 import report
@@ -87,27 +88,38 @@ def build_parser(defaults, exercises):
         prog="lab.py", argument_default=None,
         description="The HPML lab: ResNet-18 on CIFAR-10, and where the time goes.",
         epilog="exercises: " + "; ".join(f"{k} = {e.title}" for k, e in exercises.items())
-        + "; all = every exercise of the lab in order, then REPORT.md")
+        + "; all = every exercise of the lab in order, then REPORT.md; check = " + CHECK_TITLE)
     parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
-                        help=f"one of: {', '.join([*exercises, 'all'])}")
+                        help=f"one of: {', '.join(commands(exercises))}")
     add_run_options(parser, d, quick, evaluated=" and ".join(k for k, e in exercises.items()
                                                            if e.evaluate))
     add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
     add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp)"), d)
-    add_summary_options(parser.add_argument_group("the summary"), exercises)
+    add_summary_and_check_options(parser.add_argument_group("the summary and check"), exercises)
     return parser
 
 
-LAB_COMMANDS = ("all",)  # the commands that run the lab's exercises
+CHECK_TITLE = ("every exercise on a tiny slice on this device, each checked against what must "
+               "hold (--bench: then the headline figures)")
+LAB_COMMANDS = ("all", "check")  # the commands that run the lab's exercises
 
 
-def add_summary_options(group, exercises):
+def commands(exercises):
+    """What the EXERCISE argument can name: every exercise, `all` and `check`."""
+    return [*exercises, *LAB_COMMANDS]
+
+
+def add_summary_and_check_options(group, exercises):
     wide = " and ".join(k for k, e in exercises.items() if e.wide_table)
     group.add_argument("--wide", action="store_true", default=None,
                        help=f"{wide}: add the kernel shape, the mult-adds and each row's share "
                             "of the parameters, and the mult-adds total")
+    group.add_argument("--bench", dest="check_bench", action="store_true", default=None,
+                       help="check: after the checks, measure the headline figures (the speed "
+                            "ladder, C2 with each speed option, C5, infer, ddp where there are "
+                            "GPUs, the timers' overhead) into one results folder")
 
 
 def add_run_options(parser, d, quick, evaluated):
@@ -248,14 +260,16 @@ def parse_args(argv, config_class, exercises):
                "no --amp (26x in this project's bench); bf16 is the CPU's half precision")
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
+    if args.exercise == "check":  # likewise the check's tiny slice and its own folder
+        given = {**checks.settings(config_class), **given}
     return args.exercise, config_class(**given), args.force
 
 
 def check(args, exercises):
     """The rules that tie options to each other, to this machine and to torchrun."""
-    if args.exercise not in exercises and args.exercise != "all":
+    if args.exercise not in commands(exercises):
         raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: "
-                         f"{', '.join([*exercises, 'all'])}")
+                         f"{', '.join(commands(exercises))}")
     exercise = exercises.get(args.exercise)
     if args.cuda and args.device not in ("auto", "cuda"):
         raise UsageError(f"--cuda contradicts --device {args.device}")
@@ -324,11 +338,13 @@ APPLIES = {
 }
 FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
 TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
-# A command's own options, which no exercise takes: `all` reruns what is complete (--force).
-COMMAND_OPTIONS = {"force": "all"}
-# What `all` refuses though an exercise it runs takes it: --wide widens one table (asked of the
-# summary alone, it does not make `all` rerun the rest).
-REFUSED_BY = {"all": ("wide",)}
+# A command's own options, which no exercise takes: `all` reruns what is complete (--force),
+# `check` measures the headline figures after its checks (--bench).
+COMMAND_OPTIONS = {"force": "all", "check_bench": "check"}
+# What `all` and `check` refuse though an exercise they run takes it: --wide widens one table
+# (asked of the summary alone, it does not make `all` rerun the rest), and `check` runs on a
+# tiny slice of its own, smaller than --quick's.
+REFUSED_BY = {"all": ("wide",), "check": ("wide", "quick")}
 
 
 def applies(dest, exercise, exercises, quick=()):
@@ -346,9 +362,9 @@ def applies(dest, exercise, exercises, quick=()):
 
 
 def takes(command, dest, exercises, quick=()):
-    """Whether `command` (an exercise or `all`) takes the option with this dest: its own
-    (COMMAND_OPTIONS), or one that applies to an exercise it runs (for `all` one of the
-    lab's), unless REFUSED_BY says otherwise."""
+    """Whether `command` (an exercise, `all` or `check`) takes the option with this dest: its
+    own (COMMAND_OPTIONS), or one that applies to an exercise it runs (for `all` and `check`
+    one of the lab's), unless REFUSED_BY says otherwise."""
     if dest in COMMAND_OPTIONS:
         return COMMAND_OPTIONS[dest] == command
     if dest in REFUSED_BY.get(command, ()):
@@ -407,6 +423,7 @@ def main(argv, config_class, exercises):
     if argv[:1] == [ddp.WORKER] and len(argv) == 3:
         return ddp.worker_main(config_class(**json.loads(argv[1])), out=argv[2])
     cfg = config_class()
+    status = 0
     try:
         name, cfg, force = parse_args(argv, config_class, exercises)
         if parallel.launched_by_torchrun():
@@ -418,6 +435,8 @@ def main(argv, config_class, exercises):
         with folder:  # created, writable, and this run's alone
             if name == "all":
                 report.run_all(cfg, exercises, force)
+            elif name == "check":
+                status = checks.run_checks(cfg, exercises)
             else:
                 exercise = exercises[name]
                 report.run_exercise(name, exercise, report.exercise_config(exercise, cfg))
@@ -441,7 +460,7 @@ def main(argv, config_class, exercises):
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return status
 
 
 # Ctrl-C; `kill`, `timeout`, Slurm at the time limit and `docker stop` send SIGTERM; a closed

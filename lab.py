@@ -72,6 +72,7 @@ class Config:
     loader: str = "torch"          # "torch": the lab's DataLoader; "device": DeviceLoader
     profile: bool = False          # write a torch.profiler trace to the results folder
     wide: bool = False             # summary: kernel, mult-adds and parameter-share columns too
+    check_bench: bool = False      # check: then measure the headline figures (--bench)
     # The worker experiments.
     max_workers: int = None        # C3: sweep 0, 4, ... up to this; None: until no faster
     repeats: int = 3               # C3: timings per worker count (the median is used)

@@ -120,7 +120,7 @@ class SummaryTableTest(unittest.TestCase):
         self.assertNotIn("Mult-Adds", render({**saved, "wide": False}))
 
     def test_wide_is_refused_where_there_is_no_summary_alone(self):
-        for command in ("c2", "all"):
+        for command in ("c2", "all", "check"):
             with self.subTest(command):
                 status, out, err = run_lab(command, "--wide")
                 self.assertEqual((status, out), (2, ""))
