@@ -442,16 +442,22 @@ def chart_bench(result, path):
 
 def ladder(axes, rows, colours):
     """Horizontal bars of each row's ratio, the line at 1 the reference; the ratio and the
-    images/s at the end (both medians over the rounds, so they may rank two rows apart)."""
+    images/s at the end (both medians over the rounds, so they may rank two rows apart), and
+    a step row's share of the matmul rate in its dtype (flops.py) where the result has one."""
+    shares = False
     for index, (row, bar_colour) in enumerate(zip(rows, colours)):
         if row.get("ratio") is None:
             axes.text(0, index, "  failed", va="center", fontsize=8)
             continue
         axes.barh([index], [row["ratio"]], color=bar_colour)
-        rate = row["images_per_second"]
-        axes.annotate(f" {row['ratio']:.2f}x, {rate:,.{1 if rate < 100 else 0}f} images/s",
-                      (row["ratio"], index), va="center", fontsize=8)
+        rate, share = row["images_per_second"], row.get("matmul_share")
+        text = f" {row['ratio']:.2f}x, {rate:,.{1 if rate < 100 else 0}f} images/s"
+        if share is not None:
+            text += f", {100 * share:.0f}% of {row['dtype']} matmul"
+            shares = True
+        axes.annotate(text, (row["ratio"], index), va="center", fontsize=8)
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_yticks(range(len(rows)), [row["name"] for row in rows])
     axes.invert_yaxis()  # the ladder reads from the default down
-    axes.set_xlim(0, 1.5 * max((row["ratio"] or 0 for row in rows), default=1) or 1)
+    room = 2.0 if shares else 1.5  # for the words after the longest bar
+    axes.set_xlim(0, room * max((row["ratio"] or 0 for row in rows), default=1) or 1)

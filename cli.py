@@ -19,6 +19,7 @@ from dataclasses import fields
 
 import torch
 
+import checks
 import ddp
 import parallel
 import report
@@ -87,16 +88,38 @@ def build_parser(defaults, exercises):
         prog="lab.py", argument_default=None,
         description="The HPML lab: ResNet-18 on CIFAR-10, and where the time goes.",
         epilog="exercises: " + "; ".join(f"{k} = {e.title}" for k, e in exercises.items())
-        + "; all = every exercise of the lab in order, then REPORT.md")
+        + "; all = every exercise of the lab in order, then REPORT.md; check = " + CHECK_TITLE)
     parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
-                        help=f"one of: {', '.join([*exercises, 'all'])}")
+                        help=f"one of: {', '.join(commands(exercises))}")
     add_run_options(parser, d, quick, evaluated=" and ".join(k for k, e in exercises.items()
                                                            if e.evaluate))
     add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
     add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp)"), d)
+    add_summary_and_check_options(parser.add_argument_group("the summary and check"), exercises)
     return parser
+
+
+CHECK_TITLE = ("every exercise on a tiny slice on this device, each checked against what must "
+               "hold (--bench: then the headline figures)")
+LAB_COMMANDS = ("all", "check")  # the commands that run the lab's exercises
+
+
+def commands(exercises):
+    """What the EXERCISE argument can name: every exercise, `all` and `check`."""
+    return [*exercises, *LAB_COMMANDS]
+
+
+def add_summary_and_check_options(group, exercises):
+    wide = " and ".join(k for k, e in exercises.items() if e.wide_table)
+    group.add_argument("--wide", action="store_true", default=None,
+                       help=f"{wide}: add the kernel shape, the mult-adds and each row's share "
+                            "of the parameters, and the mult-adds total")
+    group.add_argument("--bench", dest="check_bench", action="store_true", default=None,
+                       help="check: after the checks, measure the headline figures (the speed "
+                            "ladder, C2 with each speed option, C5, infer, ddp where there are "
+                            "GPUs, the timers' overhead) into one results folder")
 
 
 def add_run_options(parser, d, quick, evaluated):
@@ -237,14 +260,16 @@ def parse_args(argv, config_class, exercises):
                "no --amp (26x in this project's bench); bf16 is the CPU's half precision")
     if args.quick:  # each slice --quick chooses, unless the command line gave it
         given = {**config_class.QUICK, **given}
+    if args.exercise == "check":  # likewise the check's tiny slice and its own folder
+        given = {**checks.settings(config_class), **given}
     return args.exercise, config_class(**given), args.force
 
 
 def check(args, exercises):
     """The rules that tie options to each other, to this machine and to torchrun."""
-    if args.exercise not in exercises and args.exercise != "all":
+    if args.exercise not in commands(exercises):
         raise UsageError(f"unknown exercise {args.exercise!r}; choose one of: "
-                         f"{', '.join([*exercises, 'all'])}")
+                         f"{', '.join(commands(exercises))}")
     exercise = exercises.get(args.exercise)
     if args.cuda and args.device not in ("auto", "cuda"):
         raise UsageError(f"--cuda contradicts --device {args.device}")
@@ -309,10 +334,17 @@ APPLIES = {
     "best_workers": lambda e: e.takes_best_workers,
     "batch_sizes": lambda e: e.batch_sizes is not None,
     "sync_bn": lambda e: e.data_parallel,
-    "force": lambda e: False,  # `all` alone reruns what is complete
+    "wide": lambda e: e.wide_table,
 }
 FIELD = {"cuda": "device"}  # an option that sets a Config field of another name
 TWINS = {"batch_size": "batch_sizes", "batch_sizes": "batch_size"}  # one or the other applies
+# A command's own options, which no exercise takes: `all` reruns what is complete (--force),
+# `check` measures the headline figures after its checks (--bench).
+COMMAND_OPTIONS = {"force": "all", "check_bench": "check"}
+# What `all` and `check` refuse though an exercise they run takes it: --wide widens one table
+# (asked of the summary alone, it does not make `all` rerun the rest), and `check` runs on a
+# tiny slice of its own, smaller than --quick's.
+REFUSED_BY = {"all": ("wide",), "check": ("wide", "quick")}
 
 
 def applies(dest, exercise, exercises, quick=()):
@@ -320,6 +352,8 @@ def applies(dest, exercise, exercises, quick=()):
     where one of the slices it chooses (`quick`, Config fields) does."""
     if dest == "quick":
         return any(applies(field, exercise, exercises) for field in quick)
+    if dest in COMMAND_OPTIONS:
+        return False
     field = FIELD.get(dest, dest)
     if any(field in other.takes for other in exercises.values()) and field not in exercise.takes:
         return False
@@ -327,23 +361,34 @@ def applies(dest, exercise, exercises, quick=()):
     return field not in exercise.ignores and (rule is None or rule(exercise))
 
 
+def takes(command, dest, exercises, quick=()):
+    """Whether `command` (an exercise, `all` or `check`) takes the option with this dest: its
+    own (COMMAND_OPTIONS), or one that applies to an exercise it runs (for `all` and `check`
+    one of the lab's), unless REFUSED_BY says otherwise."""
+    if dest in COMMAND_OPTIONS:
+        return COMMAND_OPTIONS[dest] == command
+    if dest in REFUSED_BY.get(command, ()):
+        return False
+    run = ([e for e in exercises.values() if e.in_lab] if command in LAB_COMMANDS
+           else [exercises[command]])
+    return any(applies(dest, e, exercises, quick) for e in run)
+
+
 def check_applicable(parser, args, exercises, quick=()):
-    """UsageError for the first option given where it cannot apply, naming the exercises where
-    it does. For `all`, an option applies when it does to one of the lab's exercises."""
-    run = ([e for e in exercises.values() if e.in_lab] if args.exercise == "all"
-           else [exercises[args.exercise]])
+    """UsageError for the first option given where it cannot apply, naming the exercises (or
+    the command) where it does."""
     flags = {action.dest: "/".join(action.option_strings) for action in parser._actions}
     for action in parser._actions:
         if (not action.option_strings
                 or getattr(args, action.dest, action.default) == action.default
-                or (action.dest == "force" and args.exercise == "all")
-                or any(applies(action.dest, e, exercises, quick) for e in run)):
+                or takes(args.exercise, action.dest, exercises, quick)):
             continue
-        takers = [k for k, e in exercises.items() if applies(action.dest, e, exercises, quick)]
+        takers = ([COMMAND_OPTIONS[action.dest]] if action.dest in COMMAND_OPTIONS else
+                  [k for k, e in exercises.items() if applies(action.dest, e, exercises, quick)])
         other = TWINS.get(action.dest)
-        instead = (f"; {args.exercise} takes {flags[other]}" if other and len(run) == 1
-                   and applies(other, run[0], exercises) else "")
-        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers) or 'all'}, not "
+        instead = (f"; {args.exercise} takes {flags[other]}" if other and args.exercise
+                   in exercises and takes(args.exercise, other, exercises) else "")
+        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers)}, not "
                          f"{args.exercise}{instead}")
 
 
@@ -378,6 +423,7 @@ def main(argv, config_class, exercises):
     if argv[:1] == [ddp.WORKER] and len(argv) == 3:
         return ddp.worker_main(config_class(**json.loads(argv[1])), out=argv[2])
     cfg = config_class()
+    status = 0
     try:
         name, cfg, force = parse_args(argv, config_class, exercises)
         if parallel.launched_by_torchrun():
@@ -389,6 +435,8 @@ def main(argv, config_class, exercises):
         with folder:  # created, writable, and this run's alone
             if name == "all":
                 report.run_all(cfg, exercises, force)
+            elif name == "check":
+                status = checks.run_checks(cfg, exercises)
             else:
                 exercise = exercises[name]
                 report.run_exercise(name, exercise, report.exercise_config(exercise, cfg))
@@ -412,7 +460,7 @@ def main(argv, config_class, exercises):
     except BrokenPipeError:  # the output went to `head` or a pager that has quit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    return 0
+    return status
 
 
 # Ctrl-C; `kill`, `timeout`, Slurm at the time limit and `docker stop` send SIGTERM; a closed

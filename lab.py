@@ -7,7 +7,7 @@
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning JSON-ready data and
 calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. Printing: render.py (and
-speed.py, infer.py, ddp.py their own); charts: charts.py; results files and REPORT.md: report.py.
+speed.py, infer.py, ddp.py, flops.py their own); charts: charts.py; results, REPORT.md: report.py.
 """
 
 import signal
@@ -23,6 +23,7 @@ import math
 import os
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -32,6 +33,7 @@ import torch.nn as nn
 import charts
 import cli
 import ddp
+import flops
 import infer
 import render
 import report
@@ -69,6 +71,8 @@ class Config:
     compile_mode: str = None       # torch.compile's mode; None is its default
     loader: str = "torch"          # "torch": the lab's DataLoader; "device": DeviceLoader
     profile: bool = False          # write a torch.profiler trace to the results folder
+    wide: bool = False             # summary: kernel, mult-adds and parameter-share columns too
+    check_bench: bool = False      # check: then measure the headline figures (--bench)
     # The worker experiments.
     max_workers: int = None        # C3: sweep 0, 4, ... up to this; None: until no faster
     repeats: int = 3               # C3: timings per worker count (the median is used)
@@ -95,8 +99,9 @@ def c1_training(cfg, save=None):
 
 
 def c2_timing(cfg, save=None):
-    """C2: C1 with, per epoch, the data-loading, training and total time (see timing.py)."""
-    return training_run(cfg, save, trace_name="c2")
+    """C2: C1 with each epoch's data, train and total time (timing.py), and FLOP/s (flops.py)."""
+    run = training_run(cfg, save, trace_name="c2")
+    return {**run, "arithmetic": flops.c2_arithmetic(cfg, run["epochs"])}
 
 
 def training_run(cfg, save=None, label="", trace_name=None):
@@ -156,11 +161,9 @@ def c3_worker_sweep(cfg, save=None):
 
 
 def loader_epoch_time(cfg, num_workers):
-    """Seconds for the training DataLoader to deliver one full epoch, with no model.
-
-    The clock starts before `iter(loader)`, so starting the worker processes is included,
-    and stops after the last batch, when they have been shut down.
-    """
+    """Seconds for the training DataLoader to deliver one full epoch, with no model. The clock
+    starts before `iter(loader)`, so starting the worker processes is included, and stops
+    after the last batch, when they have been shut down."""
     train_set = datasets_for(cfg)[0]
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, num_workers=num_workers,
                          seed=cfg.seed)  # no warning past the core count: C3 explains it
@@ -299,12 +302,9 @@ def c7_without_batchnorm(cfg, save=None):
 
 
 def same_training(a, b):
-    """Two configurations (as dicts) train the same way.
-
-    The optimizer and the workers are left out because C7 asks whether C6's SGD run, saved
-    under a config naming C6's own --optimizer and --num-workers, matches; the caller picks
-    the SGD run itself and checks the workers it trained with.
-    """
+    """Two configurations (as dicts) train the same way, the optimizer and the workers aside:
+    C6's SGD run is saved under C6's own --optimizer and --num-workers, so C7 picks that run
+    itself and checks the workers it trained with."""
     ignore = {"out", "optimizer", "evaluate", "max_workers", "repeats", "best_workers",
               "num_workers"}
     return ({k: v for k, v in a.items() if k not in ignore}
@@ -322,9 +322,9 @@ def model_summary(model, input_size=(3, 32, 32), batch_size=-1, print_table=True
 
     input_size is one sample's shape, or a list of shapes for a model with several inputs;
     batch_size is what the table shows as the first dimension (-1: any, sized as one sample).
-    Returns a JSON-ready dict: `rows` (one per layer call: layer, type, index, name,
-    output_shape, params, trainable_params, output_bytes) and the totals. Prints the table
-    unless print_table is False; `file` redirects it. Where torchsummary 1.5.1 miscounts,
+    Returns a JSON-ready dict: `rows` (one per layer call: layer, type, index, name, output_shape,
+    params, trainable_params, output_bytes, kernel_size, mult_adds) and the totals. Prints the
+    table unless print_table is False; `file` redirects it. Where torchsummary 1.5.1 miscounts,
     this one does not: README.md lists the cases and test_lab.py proves each.
     """
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
@@ -347,7 +347,8 @@ def model_summary(model, input_size=(3, 32, 32), batch_size=-1, print_table=True
                      "name": names[module], "output_shape": output_shape(output, batch_size),
                      "params": sum(p.numel() for p in own),
                      "trainable_params": sum(p.numel() for p in own if p.requires_grad),
-                     "output_bytes": output_bytes(output, batch)})
+                     "output_bytes": output_bytes(output, batch),
+                     **flops.layer_arithmetic(module, output, batch)})
 
     # torchsummary's choice of rows: every module but the model and its plain containers.
     layers = [m for m in model.modules()
@@ -388,6 +389,7 @@ def summary_totals(model, rows, counted, input_sizes, batch, element_size):
         "forward_backward_size_mb": forward_backward_bytes / MB,
         "params_size_mb": params_bytes / MB,
         "total_size_mb": (input_bytes + forward_backward_bytes + params_bytes) / MB,
+        "total_mult_adds": sum(row["mult_adds"] for row in rows),
     }
 
 
@@ -415,9 +417,9 @@ def output_bytes(output, batch):
 
 
 def resnet_summary(cfg):
-    """The lab's ResNet-18 (with --no-bn, the one without BatchNorm) as torchsummary shows it."""
+    """ResNet-18 (--no-bn: without BatchNorm) as torchsummary shows it, or torchinfo with --wide."""
     model = ResNet18(batch_norm=cfg.batch_norm).to(cfg.device)
-    return model_summary(model, (3, 32, 32), batch_size=-1, print_table=False)
+    return {**model_summary(model, (3, 32, 32), print_table=False), "wide": cfg.wide}
 
 
 # ----------------------------------------------------------------------------------------
@@ -436,14 +438,11 @@ def conv_layers(model):
               "stride": module.stride[0],
               "path": "shortcut" if "shortcut" in name.split(".") else "main"}
              for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    kernels = {}
-    for conv in convs:
-        kernels[conv["kernel"]] = kernels.get(conv["kernel"], 0) + 1
     main_path = sum(conv["path"] == "main" for conv in convs)
     linear = sum(isinstance(module, nn.Linear) for module in model.modules())
     return {
         "conv_layers": len(convs),
-        "by_kernel": kernels,
+        "by_kernel": dict(Counter(conv["kernel"] for conv in convs)),
         "main_path_convs": main_path,
         "shortcut_convs": len(convs) - main_path,
         "linear_layers": linear,
@@ -580,6 +579,7 @@ class Exercise:
     takes_best_workers: bool = False  # trains with that count
     data_parallel: bool = False    # trains data-parallel when launched by torchrun
     batch_sizes: str = None        # the Config field that --batch-sizes sets
+    wide_table: bool = False       # --wide adds torchinfo's columns to its table
     trains: str = None             # "epochs": train.fit on the data; "steps": steps of its own
     picks_slice: bool = False      # loads the data set itself, on a slice of its choosing
     takes: tuple = ()              # Config fields of its own: no other exercise reads them
@@ -591,7 +591,7 @@ class Exercise:
 EXERCISES = {
     "c1": Exercise("C1: training", c1_training, render.render_c1, evaluate=True,
                    names_settings=True, data_parallel=True, trains="epochs"),
-    "c2": Exercise("C2: time measurement", c2_timing, render.render_c2, names_settings=True,
+    "c2": Exercise("C2: time measurement", c2_timing, flops.render_c2, names_settings=True,
                    profiles=True, data_parallel=True, trains="epochs", chart=charts.chart_c2),
     "c3": Exercise("C3: I/O optimization (DataLoader workers)", c3_worker_sweep,
                    render.render_c3, sweeps_workers=True, finds_best_workers=True,
@@ -618,8 +618,8 @@ EXERCISES = {
                    render.render_q4, uses_data=False, saves_progress=False, trains="steps",
                    ignores=("optimizer",)),
     "summary": Exercise("Model summary (in place of torchsummary)", resnet_summary,
-                        render.render_summary, uses_data=False, saves_progress=False,
-                        ignores=("seed",)),
+                        flops.render_summary, uses_data=False, saves_progress=False,
+                        ignores=("seed",), wide_table=True),
     # Beyond the lab: they pick their own slices and record the data set they used.
     "c8": Exercise("C8: torch.compile, eager against its modes", speed.c8_compile,
                    speed.render_c8, uses_data=False, in_lab=False, saves_each="mode",

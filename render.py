@@ -6,8 +6,9 @@ profile), each built from a result alone, and the formatters and layouts every m
 Each `render_<exercise>(result)` takes the JSON-ready dict an exercise returned (or read back
 from its results file) and returns Markdown that also reads as plain text. The explanations
 are derived from the measured numbers: none of them knows in advance which row wins. The
-exercises beyond the lab print from their own modules (speed.py, infer.py, ddp.py), and this
-file imports none of the project, so any module can use its formatters.
+exercises beyond the lab print from their own modules (speed.py, infer.py, ddp.py), as do the
+arithmetic (flops.py: C2's FLOP/s, the summary's --wide) and `python lab.py check` (checks.py);
+this file imports none of the project, so any module can use its formatters.
 """
 
 import math
@@ -515,17 +516,29 @@ def render_c7(result):
 # The model summary and Q1-Q4
 
 
-def format_summary(summary, with_rows=True):
-    """The table torchsummary prints, from `model_summary`'s result; with_rows=False: totals."""
+def format_summary(summary, with_rows=True, wide=False):
+    """The table torchsummary prints, from `model_summary`'s result; with_rows=False: totals.
+
+    wide=True adds torchinfo's most asked-for columns (kernel shape, mult-adds, share of the
+    parameters) and the mult-adds total (flops.render_summary says what they count).
+    """
+    rule = 64 + (41 if wide else 0)
+    columns = "{:>20}  {:>25} {:>15}" + (" {:>14} {:>15} {:>9}" if wide else "")
     lines = []
     if with_rows:
-        lines += ["-" * 64,
-                  "{:>20}  {:>25} {:>15}".format("Layer (type)", "Output Shape", "Param #"),
-                  "=" * 64]
-        lines += ["{:>20}  {:>25} {:>15}".format(row["layer"], str(row["output_shape"]),
-                                                 f"{row['params']:,}")
-                  for row in summary["rows"]]
-    lines += ["=" * 64,
+        headings = ["Layer (type)", "Output Shape", "Param #"]
+        if wide:
+            headings += ["Kernel Shape", "Mult-Adds", "Param %"]
+        lines += ["-" * rule, columns.format(*headings), "=" * rule]
+        for row in summary["rows"]:
+            cells = [row["layer"], str(row["output_shape"]), f"{row['params']:,}"]
+            if wide:
+                share = row["params"] / summary["total_params"] if summary["total_params"] else 0
+                cells += [str(row["kernel_size"] or "--"),
+                          f"{row['mult_adds']:,}" if row["mult_adds"] else "--",
+                          f"{100 * share:.2f}%" if row["params"] else "--"]
+            lines.append(columns.format(*cells))
+    lines += ["=" * rule,
               f"Total params: {summary['total_params']:,}",
               f"Trainable params: {summary['trainable_params']:,}",
               f"Non-trainable params: {summary['non_trainable_params']:,}"]
@@ -533,17 +546,16 @@ def format_summary(summary, with_rows=True):
         unlisted = summary["unlisted_params"]
         names = ", ".join(unlisted)
         lines.append(f"Params in no listed layer: {sum(unlisted.values()):,} ({names})")
-    lines += ["-" * 64,
+    if wide:
+        lines.append(f"Total mult-adds: {summary['total_mult_adds']:,} "
+                     f"({summary['total_mult_adds'] / 1e6:,.2f} M)")
+    lines += ["-" * rule,
               f"Input size (MB): {summary['input_size_mb']:0.2f}",
               f"Forward/backward pass size (MB): {summary['forward_backward_size_mb']:0.2f}",
               f"Params size (MB): {summary['params_size_mb']:0.2f}",
               f"Estimated Total Size (MB): {summary['total_size_mb']:0.2f}",
-              "-" * 64]
+              "-" * rule]
     return "\n".join(lines)
-
-
-def render_summary(result):
-    return "```\n" + format_summary(result) + "\n```"
 
 
 def variant(result):

@@ -24,8 +24,9 @@ import torch
 
 from data import (CIFAR10_TRAIN_IMAGES, DeviceLoader, SyntheticCIFAR, load_datasets, make_loader,
                   test_transform)
+from flops import bench_arithmetic, explain_bench_arithmetic, gflops
 from machine import usable_cores
-from render import markdown_table, one_line, plural, seconds
+from render import markdown_table, one_line, percent, plural, seconds
 from timing import CudaEventTimer, EpochTimer, NullTimer, Timer
 from train import fit, make_optimizer, make_training, train_one_epoch, train_step
 from resnet import ResNet18
@@ -107,6 +108,9 @@ def bench(cfg, save=None):
     Pipeline: whole passes over a seeded slice of the training set, each batch delivered on
     the device, worker start-up included as in C2; the device loader's one-off upload is
     reported apart. Ratios are against the DataLoader with cfg.num_workers workers.
+
+    Each step row also gets its dtype, FLOP/s and their share of this device's matmul rate in
+    that dtype, both measured in this run (flops.bench_arithmetic).
     """
     device = torch.device(cfg.device)
     sizes = BENCH_SIZES["gpu" if device.type == "cuda" else "cpu"]
@@ -116,6 +120,7 @@ def bench(cfg, save=None):
     result = {"dataset": info, "sizes": sizes}  # the slice bench really used
     with cold_compiles():
         result["step"] = bench_steps(cfg, device, train_set, sizes)
+    result.update(bench_arithmetic(cfg, device, result["step"]["rows"]))
     if save is not None:
         save(result)
     result["pipeline"] = bench_pipeline(cfg, device, train_set, sizes)
@@ -288,15 +293,18 @@ def render_bench(result):
     for row in step["rows"]:
         name = row["name"] + (" (best)" if row["name"] == step["best"] else "")
         if row["error"] is not None:
-            rows.append([name, "failed", "-", "-"])
+            rows.append([name, "failed", "-", "-", "-", "-", "-"])
             continue
+        share = row.get("matmul_share")  # none in a bench.json from before flops.py
         rows.append([name, f"{row['images_per_second']:.1f}", f"{row['ratio']:.2f}x",
-                     f"{row['warmup_time']:.2f}"])
+                     f"{row['warmup_time']:.2f}", gflops(row.get("flops_per_s")),
+                     row.get("dtype", "-"), percent(None if share is None else 100 * share)])
     sizes = result["sizes"]
     text = [
         f"Training step, batch {step['batch_size']}, the batch already on the device:",
         "",
-        markdown_table(["options", "images/s", "vs default", "warm-up (s)"], rows),
+        markdown_table(["options", "images/s", "vs default", "warm-up (s)", "GFLOP/s", "dtype",
+                        "of matmul"], rows, align="lrrrrlr"),
         "",
         f"Median of {sizes['repeats']} rounds of {plural(sizes['steps'], 'step')} per row, "
         f"taken in turns, after {sizes['warmup_steps']} warm-up steps. Warm-up includes "
@@ -305,6 +313,8 @@ def render_bench(result):
         f"{step['compiler_startup_time']:.1f} s more.",
     ]
     text += [f"\n{row['name']} failed: {row['error']}" for row in step["rows"] if row["error"]]
+    if "step_flops" in result:
+        text += ["", explain_bench_arithmetic(result)]
     if pipeline is not None:
         rows = [[row["name"], f"{row['images_per_second']:,.0f}", f"{row['ratio']:.2f}x"]
                 for row in pipeline["rows"]]
@@ -413,14 +423,16 @@ def explain_compile(result):
 # What the timers cost: python speed.py overhead
 
 
-def timer_overhead(batches=8, batch_size=32, repeats=5):
+def timer_overhead(batches=8, batch_size=32, repeats=5, device=None):
     """The same training epoch with the lab's EpochTimer and with NullTimer, which does nothing.
 
     The two alternate (timed, bare, timed, bare, ...) so that a load coming and going on a
     shared machine hits both alike; the medians are compared. Also prints what one empty
-    synchronised window costs, the timers' own overhead with no training around it.
+    synchronised window costs, the timers' own overhead with no training around it. Returns
+    the figures: `window_time`, the medians `timed_time` and `bare_time`, and `overhead`
+    (timed / bare - 1). `device`: CUDA if there is one, else the CPU, unless given.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         batch_size, batches = 128, 50
     timer = EpochTimer(device)
@@ -452,6 +464,9 @@ def timer_overhead(batches=8, batch_size=32, repeats=5):
     spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
     print(f"spread: timed {spread['timed']} s, bare {spread['bare']} s; windows per epoch: "
           f"{2 * batches + 2}, so their own cost is {100 * window * (2 * batches + 2) / bare:.4f}%")
+    return {"device": device.type, "batches": batches, "batch_size": batch_size,
+            "window_time": window, "timed_time": timed, "bare_time": bare,
+            "overhead": timed / bare - 1}
 
 
 if __name__ == "__main__":

@@ -285,6 +285,8 @@ class BeyondTheLabChartsTest(ChartTest):
             self.assertIn(label, texts)
         rate = result["step"]["rows"][1]["images_per_second"]
         self.assertIn(f"{rate:,.1f} images/s", texts)
+        share = result["step"]["rows"][0]["matmul_share"]  # flops.py's, measured in the run
+        self.assertIn(f"{100 * share:.0f}% of float32 matmul", texts)
 
 
 class WithoutMatplotlibTest(TempDirTest):

@@ -227,10 +227,11 @@ class ReportTest(TempDirTest):
         self.assertIn("**20 convolutional layers**", text)
         c4 = self.load("c4")
         self.assertEqual(c4["best_workers"], self.load("c3")["best_workers"])
-        # The oracle: every key the results files had before the layout change is still there;
-        # new keys are only further settings, Q3/Q4's code listing, C6/C7's worker count,
-        # each epoch's last step, the data set used, the code's version, whether a run warmed
-        # the device up and where C7's BatchNorm run came from.
+        # The oracle: every key the results files had before the layout change, and C2's and
+        # the summary's arithmetic (flops.py), is still there; new keys are only further
+        # settings, Q3/Q4's code listing, C6/C7's worker count, each epoch's last step, the data
+        # set used, the code's version, whether a run warmed the device up and where C7's
+        # BatchNorm run came from.
         expected = json.loads((HERE / "test_results_keys.json").read_text())
         for name, keys in expected.items():
             found = flat_keys(self.load(name))

@@ -42,6 +42,30 @@ class BenchFiguresTest(unittest.TestCase):
         self.assertIn("2.10x", text)
         self.assertIn("compile failed: BackendCompilerFailed: no C++ compiler", text)
 
+    def test_render_bench_gives_each_row_its_flops_and_share(self):
+        # The figures measured on this project's CPU (issue 18): 3.33 GFLOP per image.
+        row = {"warmup_time": 1.0, "rates": [], "error": None}
+        result = {"sizes": speed.BENCH_SIZES["cpu"],
+                  "step_flops": {"batch_size": 128, "forward_per_image": 1.11e9,
+                                 "backward_per_image": 2.22e9, "per_image": 3.33e9},
+                  "matmul": {"n": 2048, "products": 3, "rounds": 5},
+                  "matmul_flops_per_s": {"float32": 173e9, "bfloat16": 407e9},
+                  "step": {"batch_size": 128, "compiler_startup_time": 9.0, "best": "amp bf16",
+                           "rows": [{**row, "name": "default", "images_per_second": 39.7,
+                                     "ratio": 1.0, "dtype": "float32", "flops_per_s": 132.2e9,
+                                     "matmul_share": 0.764},
+                                    {**row, "name": "amp bf16", "images_per_second": 97.4,
+                                     "ratio": 2.45, "dtype": "bfloat16",
+                                     "flops_per_s": 324.3e9, "matmul_share": 0.797}]}}
+        text = speed.render_bench(result)
+        cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+                 for line in text.splitlines() if line.startswith("| ")}
+        self.assertEqual(cells["options"][-3:], ["GFLOP/s", "dtype", "of matmul"])
+        self.assertEqual(cells["default"], ["39.7", "1.00x", "1.00", "132.2", "float32", "76.4%"])
+        self.assertEqual(cells["amp bf16 (best)"][-3:], ["324.3", "bfloat16", "79.7%"])
+        self.assertIn("(float32 173.0 GFLOP/s, bfloat16 407.0 GFLOP/s)", text)
+        self.assertIn("The highest share is amp bf16's, 80% of the bfloat16 rate.", text)
+
     def test_compile_payback_from_known_epoch_times(self):
         result = {"train_images": 256, "batch_size": 128, "compiler_startup_time": 10.0,
                   "runs": [{"mode": "eager", "epoch_times": [10.0, 6.0, 6.0], "error": None},
