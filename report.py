@@ -14,6 +14,7 @@ import datetime
 import errno
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -577,9 +578,18 @@ def misfit_value(value, key, complete):
 def write_text(path, text):
     """Write `path` atomically; a full disk or a folder gone bad is one OutputError, and the
     last complete version of the file stays as it was."""
+    _write_atomically(path, text)
+
+
+def write_bytes(path, data):
+    """write_text for a binary file (weights, a TorchScript model)."""
+    _write_atomically(path, bytes(data))
+
+
+def _write_atomically(path, content):
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        _replace_atomically(folder, path, text)
+        _replace_atomically(folder, path, content)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(f"the results folder {folder} is full (no space left on the "
@@ -587,13 +597,22 @@ def write_text(path, text):
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _replace_atomically(folder, path, text):
-    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
+def write_weights(path, model):
+    """model.state_dict() as torch.save writes it, written atomically: a run stopped while
+    writing keeps the last complete weights. torch.load(path) reads them back."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def _replace_atomically(folder, path, content):
+    """Write `content` (text, or bytes) to a temporary file beside `path`, then rename it over
+    `path` in one step."""
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as file:
+            file.write(content)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are not
         os.replace(temporary, path)
     except BaseException:
