@@ -355,6 +355,37 @@ def chart_infer(result, path):
     return save(plt, figure, path)
 
 
+def chart_torchscript_latency(result, path):
+    """2026's C10: eager's and TorchScript's median latency per device at each batch size, the
+    p90 as a whisker, as infer's chart draws them."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    sizes = result["batch_sizes"]
+    script = "trace" if result["method"].endswith("trace") else "script"
+    figure, axes = figure_with(plt, panels=len(sizes), width=WIDTH + 1, height=3.2)
+    for each, size in zip(axes, sizes):
+        bars = [(f"{row['device']} {name}", row[way], colour(key))
+                for row in result["rows"] if row["batch_size"] == size
+                for way, name, key in (("eager", "eager", "eager"),
+                                       ("torchscript", "TorchScript", script))]
+        for place, (label, timing, shade) in enumerate(bars):
+            median = timing["median_ms"]
+            p90 = median if timing["p90_ms"] is None else timing["p90_ms"]  # too few calls
+            each.barh([place], [median], color=shade, xerr=[[0], [p90 - median]], capsize=3)
+            each.annotate(f" {median:.{1 if median >= 1 else 3}f} ms", (p90, place),
+                          va="center", fontsize=8)
+        each.set_yticks(range(len(bars)), [label for label, _, _ in bars])
+        each.set_ylim(len(bars) - 0.5, -0.5)  # in the table's order, top to bottom
+        each.set_xlim(0, 1.3 * max((t["p90_ms"] or t["median_ms"] for _, t, _ in bars),
+                                   default=1))
+        each.set(title=f"batch {size}", xlabel="milliseconds per call (median)")
+    skipped = " (no GPU here)" if result["gpu"]["skipped"] else ""
+    figure.suptitle(f"C10: latency, eager against TorchScript ({result['method']}){skipped}; "
+                    "whisker: up to the p90 of single calls (from 10 calls)")
+    return save(plt, figure, path)
+
+
 def chart_ddp(result, path):
     """ddp: images/s per world size, a line per batch per process against linear scaling
     (dashed), and each run's step split into computation and the exposed communication

@@ -1,6 +1,7 @@
 """The command line: `python lab.py EXERCISE [options]` into an exercise and a Config, and run.
 
-    python lab.py --help          # every exercise and option, with the Config's defaults
+    python lab.py --help                 # every exercise and option, with the Config's defaults
+    python lab.py --handout 2026 --help  # the exercises as the 2026 handout numbers them
 
 Every default shown here is read from lab.py's Config, the one place where defaults live; an
 option left out keeps the Config's value. Bad input raises UsageError, which `main` below
@@ -15,12 +16,13 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
 import checks
 import ddp
+import handouts
 import parallel
 import report
 from data import DATASETS, DataError
@@ -76,27 +78,43 @@ def _number(text, kind):
         raise argparse.ArgumentTypeError(f"{text!r} is not {words[kind]}") from None
 
 
-def build_parser(defaults, exercises):
-    """The parser; `defaults` is a Config, whose values the help text shows.
+def build_parser(defaults, exercises, handout=None):
+    """The parser; `defaults` is a Config, whose values the help text shows, and `exercises`
+    those of `handout` (handouts.exercises_for; None: the default handout).
 
     Options default to None ("not given"), so that --quick can tell its slices from the
     user's and the Config keeps its own defaults for the rest.
     """
     d = defaults
+    handout = handout or d.handout
     quick = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.QUICK.items())
+    width = max(map(len, exercises))
+    listing = [f"  {name.ljust(width)}  {exercise.title}" for name, exercise in exercises.items()]
     parser = Parser(
-        prog="lab.py", argument_default=None,
+        prog="lab.py", argument_default=None, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The HPML lab: ResNet-18 on CIFAR-10, and where the time goes.",
-        epilog="exercises: " + "; ".join(f"{k} = {e.title}" for k, e in exercises.items())
-        + "; all = every exercise of the lab in order, then REPORT.md; check = " + CHECK_TITLE)
+        epilog="\n".join([f"exercises, numbered as the {handout} handout (--handout chooses "
+                          "another year's):", *listing,
+                          f"  {'all'.ljust(width)}  every exercise of the handout in order, "
+                          "then REPORT.md",
+                          f"  {'check'.ljust(width)}  {CHECK_TITLE}"]))
     parser.add_argument("exercise", metavar="EXERCISE", type=str.lower,
                         help=f"one of: {', '.join(commands(exercises))}")
+    parser.add_argument("--handout", choices=tuple(handouts.HANDOUTS),
+                        help="the year of the handout whose numbers, titles, points and order "
+                             "the exercises follow; each handout has its own results folder "
+                             f"(default: {d.handout}, the numbering of lab.py)")
     add_run_options(parser, d, quick, evaluated=" and ".join(k for k, e in exercises.items()
-                                                           if e.evaluate))
-    add_worker_options(parser.add_argument_group("worker experiments (C3-C7)"), d)
+                                                           if e.evaluate),
+                    out=handouts.results_folder(handout, d))
+    finder = ", ".join(k for k, e in exercises.items() if e.finds_best_workers)
+    takers = ", ".join(k for k, e in exercises.items() if e.takes_best_workers)
+    add_worker_options(parser.add_argument_group(f"worker experiments ({finder}; {takers})"),
+                       d, finder, takers)
     add_speed_options(parser.add_argument_group("speed options (off by default: the lab's "
                                                 "plain path)"), d, exercises)
-    add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp)"), d)
+    add_beyond_options(parser.add_argument_group("beyond the lab (infer, torchrun, ddp) and "
+                                                 "2026's Part B"), d, exercises)
     add_summary_and_check_options(parser.add_argument_group("the summary and check"), exercises)
     return parser
 
@@ -122,7 +140,7 @@ def add_summary_and_check_options(group, exercises):
                             "GPUs, the timers' overhead) into one results folder")
 
 
-def add_run_options(parser, d, quick, evaluated):
+def add_run_options(parser, d, quick, evaluated, out):
     """Where the run goes, on which data, and how it trains."""
     add = parser.add_argument
     add("--device", default="auto", type=str.lower, choices=("auto", "cpu", "cuda", "mps"),
@@ -154,16 +172,16 @@ def add_run_options(parser, d, quick, evaluated):
         help="measure test accuracy after each epoch, outside the timed windows "
              f"(default: on for {evaluated}, off for the others)")
     add("--no-bn", dest="batch_norm", action="store_false", default=None,
-        help="ResNet-18 without BatchNorm (C7 uses it on its own)")
+        help="ResNet-18 without BatchNorm (the exercise without BatchNorm sets it itself)")
     add("--out", metavar="DIR", help=f"folder for the results files and REPORT.md "
-                                     f"(default: {d.out})")
+                                     f"(default: {out})")
     add("--quick", action="store_true",
         help=f"small slices for a quick run on a CPU: {quick}, unless given")
     add("--force", action="store_true",
         help="all: rerun every exercise, even those whose results are complete")
 
 
-def add_beyond_options(beyond, d):
+def add_beyond_options(beyond, d, exercises):
     beyond.add_argument("--batch-sizes", type=batch_sizes, metavar="N,N,...",
                         help="infer: the batch sizes to time (default: "
                              f"{','.join(map(str, d.infer_batch_sizes))}); ddp: the batches "
@@ -177,9 +195,14 @@ def add_beyond_options(beyond, d):
     beyond.add_argument("--steps", dest="ddp_steps", type=positive_int, metavar="N",
                         help="ddp: timed steps of each kind, full and no_sync, per run "
                              f"(default: {_per_device(ddp.STUDY_STEPS)})")
+    part_b = ", ".join(k for k, e in exercises.items() if "trace" in e.takes) or "Part B"
     beyond.add_argument("--checkpoint", metavar="FILE",
-                        help="infer: a saved state_dict of ResNet-18 to load (default: fresh "
-                             "weights from --seed)")
+                        help=f"infer and 2026's {part_b}: a saved state_dict of ResNet-18 to "
+                             "load (default: infer, fresh weights from --seed; Part B, the "
+                             "weights C1 keeps in the results folder)")
+    beyond.add_argument("--trace", action="store_true", default=None,
+                        help=f"2026's {part_b}: make the trained model TorchScript with "
+                             "torch.jit.trace on an example batch instead of torch.jit.script")
 
 
 def _per_device(table):
@@ -194,16 +217,16 @@ def batch_sizes(text):
     return tuple(positive_int(part) for part in text.split(","))
 
 
-def add_worker_options(workers, d):
+def add_worker_options(workers, d, finder, takers):
     workers.add_argument("--max-workers", type=non_negative_int, metavar="N",
-                         help="C3: time 0, 4, 8, ... up to N workers (default: stop at the "
-                              "first count that is not faster)")
+                         help=f"{finder}: time 0, 4, 8, ... up to N workers (default: stop at "
+                              "the first count that is not faster)")
     workers.add_argument("--repeats", type=positive_int, metavar="N",
-                         help="C3: timings per worker count; the median is used "
+                         help=f"{finder}: timings per worker count; the median is used "
                               f"(default: {d.repeats})")
     workers.add_argument("--best-workers", type=non_negative_int, metavar="N",
-                         help="C4-C7: use N as the best worker count (default: C3's result, "
-                              "else a sweep)")
+                         help=f"{takers}: use N as the best worker count (default: {finder}'s "
+                              "result, else a sweep)")
 
 
 def add_speed_options(speed, d, exercises):
@@ -238,21 +261,34 @@ def resolve_device(name):
 
 
 def parse_args(argv, config_class, exercises):
-    """(exercise name, Config, --force) from the command line.
+    """(exercise name, Config, --force) from the command line; see parse_command_line."""
+    return parse_command_line(argv, config_class, exercises)[:3]
 
-    Raises UsageError on bad input.
+
+def parse_command_line(argv, config_class, exercises):
+    """(exercise name, Config, --force, the handout's exercises by command).
+
+    `exercises` is lab.EXERCISES; the handout, read first, numbers them (handouts.py). What a
+    handout asks of an exercise (2025's C8: 10 epochs) gives way to the command line and
+    --quick. Raises UsageError on bad input.
     """
-    parser = build_parser(config_class(), exercises)
+    defaults = config_class()
+    handout = chosen_handout(argv, defaults)
+    exercises = handouts.exercises_for(handout, exercises)
+    parser = build_parser(defaults, exercises, handout)
     args = parser.parse_args(argv)
     check(args, exercises)
     check_applicable(parser, args, exercises, quick=tuple(config_class.QUICK))
     given = {f.name: getattr(args, f.name) for f in fields(config_class)
              if getattr(args, f.name, None) is not None}
+    given["handout"] = handout
     given["device"] = resolve_device("cuda" if args.cuda else args.device)
     given["compile"] = args.compile is not None
     given["compile_mode"] = None if args.compile in (None, "default") else args.compile
-    if args.batch_sizes is not None:  # the field of the exercise's own batch sizes
-        given[exercises[args.exercise].batch_sizes] = args.batch_sizes
+    if args.batch_sizes is not None:  # the field of the exercises' own batch sizes
+        run = ([e for e in exercises.values() if e.in_lab] if args.exercise == "all"
+               else [exercises[args.exercise]])
+        given.update({e.batch_sizes: args.batch_sizes for e in run if e.batch_sizes})
     if given["compile"] and given["device"] == "cpu":
         check_compiler()
     if args.amp == "fp16" and given["device"] == "cpu":
@@ -262,7 +298,20 @@ def parse_args(argv, config_class, exercises):
         given = {**config_class.QUICK, **given}
     if args.exercise == "check":  # likewise the check's tiny slice and its own folder
         given = {**checks.settings(config_class), **given}
-    return args.exercise, config_class(**given), args.force
+    given.setdefault("out", handouts.results_folder(handout, defaults))
+    exercises = {name: replace(exercise, settings={key: value for key, value
+                                                   in (exercise.settings or {}).items()
+                                                   if key not in given})
+                 for name, exercise in exercises.items()}
+    return args.exercise, config_class(**given), args.force, exercises
+
+
+def chosen_handout(argv, defaults):
+    """--handout, read before the rest of the command line: it decides the exercises' names,
+    titles and order, which the full parser (and its --help) shows."""
+    first = Parser(add_help=False)
+    first.add_argument("--handout", choices=tuple(handouts.HANDOUTS), default=defaults.handout)
+    return first.parse_known_args(argv)[0].handout
 
 
 def check(args, exercises):
@@ -321,10 +370,11 @@ def _trains_epochs(exercise):  # with train.fit, on the data set
 APPLIES = {
     "dataset": _reads_data, "data_path": _reads_data, "train_size": _reads_data,
     "batch_size": _reads_data,
-    "test_size": _trains_epochs, "epochs": _trains_epochs, "evaluate": _trains_epochs,
+    "test_size": lambda e: _trains_epochs(e) or e.reads_test_set,
+    "epochs": _trains_epochs, "evaluate": _trains_epochs,
     "loader": _trains_epochs, "channels_last": _trains_epochs, "amp": _trains_epochs,
     "compile": lambda e: _trains_epochs(e) or e.picks_slice,
-    "num_workers": lambda e: ((_trains_epochs(e) or e.picks_slice)
+    "num_workers": lambda e: ((_trains_epochs(e) or e.picks_slice or e.reads_test_set)
                               and not (e.sweeps_workers or e.takes_best_workers)),
     "optimizer": lambda e: e.trains is not None,
     "lr": lambda e: e.trains is not None,
@@ -425,7 +475,7 @@ def main(argv, config_class, exercises):
     cfg = config_class()
     status = 0
     try:
-        name, cfg, force = parse_args(argv, config_class, exercises)
+        name, cfg, force, exercises = parse_command_line(argv, config_class, exercises)
         if parallel.launched_by_torchrun():
             parallel.start(torch.device(cfg.device).type, cfg.sync_bn)
         world = parallel.current_world()
@@ -441,7 +491,7 @@ def main(argv, config_class, exercises):
                 exercise = exercises[name]
                 report.run_exercise(name, exercise, report.exercise_config(exercise, cfg))
         parallel.stop()
-    except (UsageError, DataError, report.OutputError, InferError,
+    except (UsageError, DataError, report.OutputError, report.MissingResults, InferError,
             parallel.DistributedError) as error:
         notice(f"lab.py: error: {error}")
         parallel.stop_together()  # under torchrun: every rank prints its line before any exits

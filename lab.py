@@ -4,10 +4,12 @@
     python lab.py c3 --max-workers 40     # C3: the DataLoader worker sweep
     python lab.py all --quick             # every exercise on a small slice, and REPORT.md
     python lab.py --help                  # every exercise and option
+    python lab.py --handout 2026 c4       # another year's numbering: its C4 (handouts.py)
 
 Each exercise is one function, `cN_...(cfg, save) -> dict`, returning JSON-ready data and
 calling save(partial) as it goes, so Ctrl-C keeps every finished epoch. Printing: render.py (and
 speed.py, infer.py, ddp.py, flops.py their own); charts: charts.py; results, REPORT.md: report.py.
+The exercises are numbered as the 2022 handout; handouts.py numbers them as later ones do.
 """
 
 import signal
@@ -39,9 +41,11 @@ import render
 import report
 import speed
 from data import datasets_for, make_loader
+from handouts import Exercise, command_for
 from machine import gpu_device, usable_cores, worker_limit
 from resnet import ResNet18
 from timing import profiling
+from torchscript import WEIGHTS_FILE
 from train import OPTIMIZERS, fit, make_optimizer, train_step
 
 
@@ -63,7 +67,8 @@ class Config:
     epochs: int = 5
     evaluate: bool = None          # test accuracy after each epoch; None: the exercise's default
     batch_norm: bool = True
-    out: str = "results"
+    out: str = "results"           # the default handout's; another's is results-YEAR
+    handout: str = "2022"          # whose numbers, titles and order (handouts.py); lab.py's own
     # Speed options, off by default: the default is the lab's plain path.
     channels_last: bool = False
     amp: str = None                # None, "bf16" or "fp16"
@@ -80,7 +85,8 @@ class Config:
     quick: bool = False            # the small slices below, for a quick run on a CPU
     # Beyond the lab: inference (infer) and data-parallel training (torchrun, ddp).
     infer_batch_sizes: tuple = (1, 128)
-    checkpoint: str = None         # a saved state_dict of ResNet-18; None: fresh weights
+    checkpoint: str = None         # a saved state_dict; None: infer's fresh, Part B's C1's
+    trace: bool = False            # 2026's Part B: torch.jit.trace instead of torch.jit.script
     sync_bn: bool = False          # under torchrun: SyncBatchNorm over the global batch
     max_procs: int = None          # ddp: world sizes 1, 2, 4, ... up to this; None: GPUs, or 2
     ddp_batch_sizes: tuple = None  # ddp: batches per process; None: the device's (ddp.py)
@@ -94,8 +100,14 @@ class Config:
 
 
 def c1_training(cfg, save=None):
-    """C1: train ResNet-18 for cfg.epochs; per epoch, the average loss and top-1 accuracy."""
-    return training_run(cfg, save)
+    """C1: train ResNet-18 for cfg.epochs; per epoch, the average loss and top-1 accuracy.
+
+    After each epoch that did not diverge its weights replace <out>/c1.weights.pt, so the
+    file ends with the last epoch's (not the best test accuracy's: choosing by the test set
+    would leak it into the model). 2026's Part B starts from them.
+    """
+    weights = os.path.join(cfg.out, WEIGHTS_FILE)
+    return training_run(cfg, save, on_weights=lambda model: report.write_weights(weights, model))
 
 
 def c2_timing(cfg, save=None):
@@ -104,7 +116,7 @@ def c2_timing(cfg, save=None):
     return {**run, "arithmetic": flops.c2_arithmetic(cfg, run["epochs"])}
 
 
-def training_run(cfg, save=None, label="", trace_name=None):
+def training_run(cfg, save=None, label="", trace_name=None, on_weights=None):
     """fit() on cfg's data, save(run) after every epoch; {"model", "warmed_up", "epochs", ...}.
 
     With cfg.profile and a trace_name, the first steps are recorded into
@@ -114,7 +126,8 @@ def training_run(cfg, save=None, label="", trace_name=None):
     profiled = cfg.profile and trace_name
     trace = os.path.join(cfg.out, f"{trace_name}.trace.json") if profiled else None
     with profiling(trace, cfg.device) as profiler:
-        run = fit(cfg, train_set, test_set, on_epoch=save, label=label, profiler=profiler)
+        run = fit(cfg, train_set, test_set, on_epoch=save, label=label, profiler=profiler,
+                  on_weights=on_weights)
     if profiler is not None:
         run["profile"] = profiler.summary()
     return run
@@ -187,7 +200,8 @@ def c4_workers_compared(cfg, save=None):
     return result
 
 
-C3_MEASURED_ON = ("dataset", "data_path", "train_size", "seed", "batch_size", "device")
+C3_MEASURED_ON = ("handout", "dataset", "data_path", "train_size", "seed", "batch_size",
+                  "device")
 
 
 def best_worker_count(cfg):
@@ -200,22 +214,32 @@ def best_worker_count(cfg):
     """
     if cfg.best_workers is not None:
         return cfg.best_workers, "--best-workers"
-    path = os.path.join(cfg.out, "c3.json")
-    sweep, why = report.read_result(path, "c3", EXERCISES["c3"].render)
-    if why:
-        render.notice(f"c4-c7: not using {why}")
+    sweep, path = saved_result(cfg, "c3", reader="c4-c7")
     mismatch = None
     used = datasets_for(cfg)[2]["name"]  # the data set actually used, not --dataset's "auto"
     slice_ = f"{cfg.train_size or 'all'} training images of {used} data, batch {cfg.batch_size}"
     if sweep and sweep["complete"]:
         mismatch = [key for key in C3_MEASURED_ON if sweep["config"].get(key) != getattr(cfg, key)]
         if not mismatch:
-            return sweep["best_workers"], f"C3's results in {path} (measured on {slice_})"
+            return sweep["best_workers"], (f"{sweep['exercise'].upper()}'s results in {path} "
+                                           f"(measured on {slice_})")
     why = (f"{path} was measured with another {', '.join(mismatch)}" if mismatch
            else "no C3 results and no --best-workers")
     render.notice(f"{why}: sweeping the worker counts on this run's slice first")
     best = c3_worker_sweep(replace(cfg, max_workers=None))["best_workers"]
     return best, f"a sweep run now ({why}; measured on {slice_})"
+
+
+def saved_result(cfg, name, reader):
+    """(result, path): the results file in cfg.out of EXERCISES[name], under the command that
+    cfg's handout runs it as (2026 saves C6's optimizers as c5.json); result None when there
+    is none that fits, and then `reader` says why on stderr."""
+    command = command_for(cfg.handout, name) or name
+    path = os.path.join(cfg.out, f"{command}.json")
+    saved, why = report.read_result(path, command, EXERCISES[name].render)
+    if why:
+        render.notice(f"{reader}: not using {why}")
+    return saved, path
 
 
 def with_best_workers(cfg, result):
@@ -281,10 +305,10 @@ def c7_without_batchnorm(cfg, save=None):
     result = {"runs": {}, "batch_norm_source": "a fresh run", "batch_norm_reused_from": None}
     cfg = with_best_workers(replace(cfg, optimizer="sgd"), result)
     train_runs(result, save, [("without_bn", replace(cfg, batch_norm=False), "no BN, ", None)])
-    path = os.path.join(cfg.out, "c6.json")
-    c6, why = report.read_result(path, "c6", EXERCISES["c6"].render)
+    c6, path = saved_result(cfg, "c6", reader="c7")
     sgd = c6["runs"].get("sgd") if c6 and c6["complete"] else None
-    if sgd is not None and not why:  # all that C7 prints of the run must be there too
+    why = None
+    if sgd is not None:  # all that C7 prints of the run must be there too
         why = report.cannot_show(render.render_c7, {"runs": {"with_bn": sgd},
                                                     "batch_norm_source": path}, f"{path}'s SGD run")
     if why:
@@ -292,7 +316,7 @@ def c7_without_batchnorm(cfg, save=None):
     if (sgd is not None and not why and sgd.get("num_workers") == cfg.num_workers
             and same_training(c6["config"], report.as_saved(replace(cfg, batch_norm=True)))):
         result["runs"]["with_bn"] = sgd
-        result["batch_norm_source"] = "C6's SGD run (same configuration)"
+        result["batch_norm_source"] = f"{c6['exercise'].upper()}'s SGD run (same configuration)"
         result["batch_norm_reused_from"] = c6["started"]  # another process, another time
         if save is not None:
             save(result)
@@ -559,33 +583,6 @@ def count_optimizer_state(optimizer):
 
 # ----------------------------------------------------------------------------------------
 # The exercises by name, and the command line
-
-
-@dataclass(frozen=True)
-class Exercise:
-    """An exercise and its properties; every per-exercise rule reads these, not lists of names."""
-
-    title: str
-    run: callable                  # run(cfg, save) -> dict; run(cfg) if not saves_progress
-    render: callable               # render(result) -> Markdown
-    uses_data: bool = True         # loads the lab's data set, named before it runs
-    saves_progress: bool = True    # run takes save(partial) and calls it as it goes
-    saves_each: str = "epoch"      # what each save(partial) follows: Ctrl-C's line counts them
-    evaluate: bool = False         # test accuracy after each epoch, unless --eval/--no-eval
-    names_settings: bool = False   # trains one configuration: its header names batch, workers...
-    profiles: bool = False         # --profile records its training
-    sweeps_workers: bool = False   # varies the DataLoader's workers itself: no --loader device
-    finds_best_workers: bool = False  # measures the best worker count (C3)
-    takes_best_workers: bool = False  # trains with that count
-    data_parallel: bool = False    # trains data-parallel when launched by torchrun
-    batch_sizes: str = None        # the Config field that --batch-sizes sets
-    wide_table: bool = False       # --wide adds torchinfo's columns to its table
-    trains: str = None             # "epochs": train.fit on the data; "steps": steps of its own
-    picks_slice: bool = False      # loads the data set itself, on a slice of its choosing
-    takes: tuple = ()              # Config fields of its own: no other exercise reads them
-    ignores: tuple = ()            # Config fields it never reads: their options are refused
-    in_lab: bool = True            # part of `all` and of REPORT.md's lab sections
-    chart: callable = None         # chart(result, path) -> bool: a PNG (charts.py), if matplotlib
 
 
 EXERCISES = {

@@ -224,27 +224,42 @@ def _share(figures):
 
 
 def render_c3(result):
+    chart, best, explanation = c3_parts(result)
+    return "\n\n".join(part for part in (chart, C3_AGAINST_C2, best, explanation) if part)
+
+
+def render_c3_in_parts(result):
+    """C3 as the 2025 handout splits it: C3.1 the plot, C3.2 the best count, C3.3 why."""
+    chart, best, explanation = c3_parts(result)
+    return "\n\n".join(["**C3.1, the plot**", chart,
+                         "**C3.2, the best count**", best or "No count was timed yet.",
+                         "**C3.3, the explanation**", *filter(None, [explanation]),
+                         C3_AGAINST_C2])
+
+
+def c3_parts(result):
+    """C3's table and chart; the best count and why the sweep stopped; what the core count
+    explains (both None while no count is timed)."""
     points = result["points"]
     best = result["best_workers"]
     rows = [[p["num_workers"], seconds(p["median"]), f"{p['min']:.3f}-{p['max']:.3f}",
              "best" if p["num_workers"] == best else ""] for p in points]
-    text = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", "note"],
-                          rows, align="rrrl")
-    chart = bar_chart([f"{p['num_workers']} workers" for p in points],
-                      [p["median"] for p in points], mark=f"{best} workers")
-    text += f"\n\nOne epoch of data loading (no model), median of {result['repeats']} runs:\n\n"
-    text += "```\n" + chart + "\n```\n\n" + C3_AGAINST_C2 + "\n"
+    chart = markdown_table(["workers", "median (s)", f"spread of {result['repeats']} (s)", "note"],
+                           rows, align="rrrl")
+    bars = bar_chart([f"{p['num_workers']} workers" for p in points],
+                     [p["median"] for p in points], mark=f"{best} workers")
+    chart += f"\n\nOne epoch of data loading (no model), median of {result['repeats']} runs:\n\n"
+    chart += "```\n" + bars + "\n```"
     if not points:
-        return text
+        return chart, None, None
     winner = next(p for p in points if p["num_workers"] == best)
-    text += (f"\nBest: **{best} workers**, {winner['median']:.3f} s per epoch. "
-             f"The sweep stopped because {result['stopped_because']}.")
+    verdict = (f"Best: **{best} workers**, {winner['median']:.3f} s per epoch. "
+               f"The sweep stopped because {result['stopped_because']}.")
     close = [p for p in points if p is not winner and p["min"] <= winner["max"]]
     if close:
-        text += (" Within the noise of the best (their spreads overlap): "
-                 + ", ".join(str(p["num_workers"]) for p in close) + " workers.")
-    text += "\n\n" + explain_cores(points, winner, result["cores"])
-    return text
+        verdict += (" Within the noise of the best (their spreads overlap): "
+                    + ", ".join(str(p["num_workers"]) for p in close) + " workers.")
+    return chart, verdict, explain_cores(points, winner, result["cores"])
 
 
 C3_AGAINST_C2 = (

@@ -14,6 +14,7 @@ import datetime
 import errno
 import functools
 import hashlib
+import io
 import json
 import math
 import os
@@ -54,7 +55,7 @@ def run_exercise(name, exercise, cfg, stream=None):
     if os.path.isdir(path):  # found now, not when the first epoch is to be saved
         raise OutputError(f"{path} is a folder, so {name}'s results cannot be saved; move it away")
     save = Saving(path, results_header(name, exercise, cfg, world))
-    show(f"\n## {exercise.title}\n", stream)
+    show(f"\n## {exercise.heading or exercise.title}\n", stream)
     if exercise.uses_data:
         show(describe_run(save.header, exercise.names_settings) + "\n", stream)
     keep_earlier(name, exercise, cfg, stream)
@@ -78,6 +79,7 @@ def results_header(name, exercise, cfg, world):
     header = {
         "exercise": name,
         "title": exercise.title,
+        "handout": cfg.handout,        # whose numbering `exercise` and `title` follow
         "complete": False,
         "config": asdict(cfg),
         "dataset": info,
@@ -153,7 +155,8 @@ def keep_earlier(name, exercise, cfg, stream):
     """Move `<out>/<name>.json` out of this run's way when it is complete and of another
     configuration, and say so in one line: no run loses another configuration's results.
 
-    It becomes `<out>/<name>.<settings>.json` (its chart `<name>.<settings>.png`), where
+    It becomes `<out>/<name>.<settings>.json` (its chart `<name>.<settings>.png`, C1's weights
+    `<name>.<settings>.weights.pt`), where
     <settings> names what its configuration set differently from the defaults
     (`c3.max-workers-4.repeats-1.json`, `c3.quick.json`); a name already taken gets a number.
     A file of this same configuration, or one that is incomplete or does not fit, is replaced.
@@ -167,17 +170,20 @@ def keep_earlier(name, exercise, cfg, stream):
     while os.path.lexists(f"{base}{'' if number == 1 else f'.{number}'}.json"):
         number += 1
     base += "" if number == 1 else f".{number}"
-    moves = [(path, f"{base}.json")]
-    if exercise.chart is not None and os.path.isfile(os.path.join(cfg.out, f"{name}.png")):
-        moves.append((os.path.join(cfg.out, f"{name}.png"), f"{base}.png"))
-    for source, target in moves:
+    moves = [(path, f"{base}.json", None)]
+    beside = {"png": "its chart"} if exercise.chart is not None else {}
+    for suffix, what in {**beside, "weights.pt": "its weights"}.items():  # C1 keeps weights
+        if os.path.isfile(os.path.join(cfg.out, f"{name}.{suffix}")):
+            moves.append((os.path.join(cfg.out, f"{name}.{suffix}"), f"{base}.{suffix}", what))
+    for source, target, _ in moves:
         try:
             os.replace(source, target)
         except OSError as error:
             raise OutputError(f"cannot move {source} to {target} to keep it: "
                               f"{error.strerror or error}") from None
+    kept = " and ".join(what for _, _, what in moves[1:])
     show(f"(kept {path}, complete and of another configuration, as {base}.json"
-         f"{' with its chart' if len(moves) > 1 else ''})\n", stream)
+         f"{f' with {kept}' if kept else ''})\n", stream)
 
 
 def settings_name(config, cfg, exercise):
@@ -269,8 +275,10 @@ def describe_world(facts):
 
 
 def exercise_config(exercise, cfg):
-    """The configuration one exercise runs with: --eval/--no-eval, else the exercise's default."""
-    return replace(cfg, evaluate=exercise.evaluate if cfg.evaluate is None else cfg.evaluate)
+    """The configuration one exercise runs with: --eval/--no-eval, else the exercise's default,
+    and the settings its handout asks of it (cli.py leaves out those the command line gave)."""
+    return replace(cfg, evaluate=exercise.evaluate if cfg.evaluate is None else cfg.evaluate,
+                   **(exercise.settings or {}))
 
 
 def finished_result(name, cfg, exercise=None):
@@ -363,7 +371,7 @@ def write_report(cfg, exercises):
         if exercise.chart is not None and chart_is_drawn(name, exercise, saved, cfg.out):
             sections.append(f"![{exercise.title}]({name}.png)\n")
     path = os.path.join(cfg.out, "REPORT.md")
-    write_text(path, report_header(cfg, first, sliced) + "\n".join(sections))
+    write_text(path, report_header(cfg, first, sliced, exercises) + "\n".join(sections))
     return path
 
 
@@ -386,19 +394,23 @@ def chart_is_drawn(name, exercise, saved, out):
     return fresh()
 
 
-def report_header(cfg, sample, sliced=None):
+def report_header(cfg, sample, sliced=None, exercises=None):
     """The report's title, a warning when runs read a slice of the data (`sliced`: name ->
-    training images), and the set-up: data, slices, machine and versions."""
+    training images), and the set-up: handout, data, slices, machine and versions."""
     gpu, gpu_name = gpu_device()
     info = (sample or {}).get("dataset") or {}
+    epochs = [f"; {name}: {exercise.settings['epochs']}, as its handout asks"
+              for name, exercise in (exercises or {}).items()
+              if "epochs" in (exercise.settings or {})]
     rows = [
         ["date", datetime.date.today().isoformat()],
+        ["handout", f"{cfg.handout}: its numbers, titles and order (--handout {cfg.handout})"],
         ["data set", f"{info.get('name', '-')}: {info.get('note', '-')}"],
         ["training images", info.get("train_images", "-")],
         ["test images", info.get("test_images", "-")],
         ["slices", f"train-size {cfg.train_size or 'all'}, test-size {cfg.test_size or 'all'}, "
                    f"C3 repeats {cfg.repeats}" + (" (chosen by --quick)" if cfg.quick else "")],
-        ["epochs per run", cfg.epochs],
+        ["epochs per run", f"{cfg.epochs}{''.join(epochs)}"],
         ["batch size", f"{cfg.batch_size} (test {cfg.test_batch_size})"],
         ["optimizer", f"{cfg.optimizer}, lr {cfg.lr}, weight decay 5e-4"],
         ["training device", f"{cfg.device}: {device_name(cfg.device)}"],
@@ -475,6 +487,11 @@ def results_folder(path):
 
 class OutputError(Exception):
     """The results folder cannot be used; the message says why."""
+
+
+class MissingResults(Exception):
+    """An exercise answers from another's results file, and there is none that fits; the
+    message names the command that makes one."""
 
 
 def write_json(path, data):
@@ -577,9 +594,18 @@ def misfit_value(value, key, complete):
 def write_text(path, text):
     """Write `path` atomically; a full disk or a folder gone bad is one OutputError, and the
     last complete version of the file stays as it was."""
+    _write_atomically(path, text)
+
+
+def write_bytes(path, data):
+    """write_text for a binary file (weights, a TorchScript model)."""
+    _write_atomically(path, bytes(data))
+
+
+def _write_atomically(path, content):
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        _replace_atomically(folder, path, text)
+        _replace_atomically(folder, path, content)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputError(f"the results folder {folder} is full (no space left on the "
@@ -587,13 +613,22 @@ def write_text(path, text):
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def _replace_atomically(folder, path, text):
-    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
+def write_weights(path, model):
+    """model.state_dict() as torch.save writes it, written atomically: a run stopped while
+    writing keeps the last complete weights. torch.load(path) reads them back."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def _replace_atomically(folder, path, content):
+    """Write `content` (text, or bytes) to a temporary file beside `path`, then rename it over
+    `path` in one step."""
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb" if isinstance(content, bytes) else "w") as file:
+            file.write(content)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are not
         os.replace(temporary, path)
     except BaseException:

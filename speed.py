@@ -218,6 +218,7 @@ def c8_compile(cfg, save=None):
     the same machine reuses the on-disk cache and starts much faster). The model is compiled
     with static shapes (train.compile_model), so a partial last batch gets a graph of its own.
     The compiler's start-up, paid once per process, is timed on its own before the first mode.
+    Each run also keeps what TorchDynamo and Inductor counted while it trained (compile_counts).
     """
     device = torch.device(cfg.device)
     note = None
@@ -237,17 +238,48 @@ def c8_compile(cfg, save=None):
             variant = replace(cfg, compile=mode != "eager",
                               compile_mode=None if mode in ("eager", "default") else mode)
             run = {"mode": mode, "epoch_times": [], "last_step_times": [], "error": None}
+            reset_compile_counts()
             try:
                 epochs = fit(variant, train_set, test_set, label=f"{mode}: ")["epochs"]
                 run["epoch_times"] = [epoch["epoch_time"] for epoch in epochs]
                 run["last_step_times"] = [epoch["last_train_time"] for epoch in epochs]
             except Exception as error:
                 run["error"] = one_line(error, max_chars=ERROR_CHARS)
+            run["compile_counts"] = compile_counts()
             result["runs"].append(run)
             result["analysis"] = analyse_compile(result)
             if save is not None:
                 save(result)
     return result
+
+
+def reset_compile_counts():
+    """Zero TorchDynamo's counters and Inductor's metrics (torch._dynamo.reset() keeps them)."""
+    from torch._inductor import metrics  # imported here: torch._inductor loads in seconds
+    torch._dynamo.utils.counters.clear()
+    metrics.reset()
+
+
+def compile_counts():
+    """What TorchDynamo and Inductor counted since reset_compile_counts(), as torch counts it.
+
+    frames: Python frames Dynamo was handed; graphs: the FX graphs it captured (one per input
+    shape when nothing breaks), of captured_ops operations; graph_breaks: where it had to stop
+    a graph and fall back to Python, with the reasons; aot_graphs: the graphs AOTAutograd
+    turned into a forward and a backward graph; generated_kernels: the kernels Inductor wrote
+    (C++ on a CPU, Triton on a GPU) from nodes_before_fusion scheduled operations, beside
+    library_calls to existing kernels (convolutions, matrix products). All 0 for eager.
+    """
+    from torch._inductor import metrics
+    counters = torch._dynamo.utils.counters
+    return {"frames": counters["frames"]["total"], "graphs": counters["stats"]["unique_graphs"],
+            "captured_ops": counters["stats"]["calls_captured"],
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "graph_break_reasons": dict(counters["graph_break"].most_common(5)),
+            "aot_graphs": counters["aot_autograd"]["total"],
+            "generated_kernels": getattr(metrics, "generated_kernel_count", None),
+            "nodes_before_fusion": getattr(metrics, "ir_nodes_pre_fusion", None),
+            "library_calls": counters["inductor"]["extern_calls"]}
 
 
 def analyse_compile(result):
@@ -259,6 +291,7 @@ def analyse_compile(result):
         times, last_steps = run["epoch_times"], run.get("last_step_times", [])
         row = {"mode": run["mode"], "first_epoch": times[0] if times else None,
                "later_epochs": statistics.mean(times[1:]) if len(times) > 1 else None,
+               "mean_epochs_6_10": statistics.mean(times[5:10]) if len(times) >= 10 else None,
                # The last batch's step in epoch 1 against later epochs: with a partial last
                # batch, what compiling its own graph (static shapes) cost.
                "last_step_extra": (last_steps[0] - statistics.mean(last_steps[1:])

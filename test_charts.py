@@ -25,7 +25,8 @@ import infer
 import lab
 import report
 import speed
-from testkit import TINY, TempDirTest, quiet_module, run_lab
+import torchscript
+from testkit import TINY, TempDirTest, quiet_module, run_lab, trained_weights
 
 setUpModule = quiet_module
 # C3 sweeps the workers and trains nothing: TINY's --num-workers and --epochs are refused there.
@@ -84,8 +85,9 @@ class ChartTest(TempDirTest):
         height, width = matplotlib.image.imread(path).shape[:2]
         self.assertTrue(600 <= width <= 1400 and 250 <= height <= 1000, (width, height))
 
-    def drawn(self, name, result):
-        """Draw `name`'s chart from `result` into a fresh file; every text on the figure."""
+    def drawn(self, name, result, chart=None):
+        """Draw `name`'s chart (or `chart`) from `result` into a fresh file; every text on the
+        figure."""
         texts = []
         real_save = charts.save
 
@@ -95,13 +97,16 @@ class ChartTest(TempDirTest):
 
         path = str(self.tmp / f"redrawn-{name}.png")
         with mock.patch.object(charts, "save", keep_texts):
-            self.assertTrue(lab.EXERCISES[name].chart(result, path))
+            self.assertTrue((chart or lab.EXERCISES[name].chart)(result, path))
         self.assert_png(path)
         return "\n" + "\n".join(texts) + "\n"
 
     def assert_saved_with_chart(self, name, printed):
-        chart = os.path.join(self.out, f"{name}.png")
-        self.assertIn(f"(saved to {os.path.join(self.out, name)}.json, {chart})", printed)
+        self.assert_saved_with_chart_in(self.out, name, printed)
+
+    def assert_saved_with_chart_in(self, out, name, printed):
+        chart = os.path.join(out, f"{name}.png")
+        self.assertIn(f"(saved to {os.path.join(out, name)}.json, {chart})", printed)
         self.assert_png(chart)
 
 
@@ -220,6 +225,21 @@ class BeyondTheLabChartsTest(ChartTest):
         texts = self.drawn("infer", result)
         for label in ("batch 1", "batch 4", "trace", "no time: failed"):
             self.assertIn(label, texts)
+
+    def test_2026s_c10_has_a_panel_per_batch_size_with_both_models(self):
+        _, cfg, _ = trained_weights()
+        few = {"cpu": {"warmup": 0, "min_runs": 2, "max_runs": 2, "budget_s": 0.0}}
+        with mock.patch.dict(infer.REPEATS, few):
+            result = torchscript.c10_latency(replace(cfg, infer_batch_sizes=(1, 4)))
+        texts = self.drawn("c10", result, charts.chart_torchscript_latency)
+        for label in ("batch 1", "batch 4", "cpu eager", "cpu TorchScript"):
+            self.assertIn(label, texts)
+        if result["gpu"]["skipped"]:
+            self.assertIn("(no GPU here)", texts)
+        status, out, err = run_lab("--handout", "2026", "c10", "--batch-sizes", "1",
+                                   "--out", cfg.out)  # the command saves it beside its results
+        self.assertEqual(status, 0, err)
+        self.assert_saved_with_chart_in(cfg.out, "c10", out)
 
     def test_ddp_shows_throughput_and_the_step_split_with_a_failed_run(self):
         def launch_run(cfg, n):  # a worker's record, as the real one writes it

@@ -302,6 +302,29 @@ class ReportTrustTest(TempDirTest):
                          sorted(["c3.json", f"{kept}.repeats-1.json", f"{kept}.repeats-2.json",
                                  f"{kept}.repeats-1.2.json"]))
 
+    def test_c1s_weights_are_kept_aside_with_its_results(self):
+        status, _, err = run_lab("c1", *TINY, "--out", self.out)
+        self.assertEqual(status, 0, err)
+        first = Path(self.out, "c1.weights.pt").read_bytes()
+        status, out, err = run_lab("c1", *TINY, "--seed", "1", "--out", self.out)
+        self.assertEqual(status, 0, err)
+        self.assertIn(" with its weights)", out)
+        kept = [name for name in os.listdir(self.out) if name.endswith(".weights.pt")
+                and name != "c1.weights.pt"]
+        self.assertEqual(len(kept), 1, kept)
+        self.assertTrue(kept[0].startswith("c1.") and ".json" not in kept[0], kept)
+        self.assertEqual(Path(self.out, kept[0]).read_bytes(), first)  # the first run's own
+        self.assertNotEqual(Path(self.out, "c1.weights.pt").read_bytes(), first)
+
+    def test_write_bytes_is_atomic(self):
+        path = os.path.join(self.tmp, "file.bin")
+        report.write_bytes(path, b"\x00\xffold")
+        with mock.patch("os.replace", side_effect=OSError(28, "No space left on device")):
+            with self.assertRaises(report.OutputError):
+                report.write_bytes(path, b"new")
+        self.assertEqual(Path(path).read_bytes(), b"\x00\xffold")
+        self.assertEqual(os.listdir(self.tmp), ["file.bin"])
+
     def test_the_report_warns_when_a_run_read_a_slice(self):
         status, _, err = run_lab("c3", *SWEEP, "--out", self.out)
         self.assertEqual(status, 0, err)

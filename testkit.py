@@ -1,6 +1,7 @@
 """Helpers shared by the test files: the quiet set-up, a temporary results folder, lab.py run
 in this process, the faults' one-line shape, tiny configurations, a torchrun-like environment
-for spawned ranks, and the networks and answers that more than one test file checks."""
+for spawned ranks, the networks and answers that more than one test file checks, and the
+tiny trained weights and C++ build that 2026's Part B tests share."""
 
 import contextlib
 import functools
@@ -13,11 +14,14 @@ import tempfile
 import unittest
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 import lab
+import report
 from lab import Config, q3_sgd_parameters, q4_adam_parameters
+from parallel import weights_digest
 from resnet import ResNet18
 
 HERE = Path(__file__).resolve().parent
@@ -117,3 +121,38 @@ def network(batch_norm):
 
 def relative_difference(outputs, expected):
     return (outputs - expected).abs().max().item() / expected.abs().max().item()
+
+
+@functools.cache
+def shared_folder(purpose):
+    """The path of a temporary folder kept for the whole test process (the cache holds it) and
+    removed at its exit: for what more than one test file builds or trains once."""
+    return tempfile.TemporaryDirectory(prefix=f"lab-test-{purpose}-")
+
+
+def shared_cpp_build():
+    """libtorch.CPP_CACHE patched to one folder per test process: the extra credit's C++
+    program is built once, however many results folders run it."""
+    import libtorch  # here: only the Part B tests need it
+    return mock.patch.object(libtorch, "CPP_CACHE", shared_folder("cpp-build").name)
+
+
+@functools.cache
+def trained_weights():
+    """(results folder, Config, digests) of one tiny C1 run (2 epochs on 32 synthetic images),
+    trained once per test process: the weights 2026's Part B starts from, and the digest of
+    the weights at each write, in order."""
+    out = os.path.join(shared_folder("part-b").name, "results")
+    kept = []
+    real_write = report.write_weights
+
+    def record(path, model):
+        kept.append(weights_digest(model))
+        real_write(path, model)
+
+    with mock.patch.object(report, "write_weights", record):
+        status, _, err = run_lab("c1", *TINY, "--epochs", "2", "--out", out)
+    assert status == 0, err
+    cfg = Config(dataset="synthetic", train_size=32, test_size=20, batch_size=16, epochs=2,
+                 num_workers=0, out=out)
+    return out, cfg, tuple(kept)

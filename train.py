@@ -189,7 +189,7 @@ def evaluate(model, loader, device, amp=None, channels_last=False):
     return 100.0 * correct.item() / max(seen, 1)
 
 
-def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
+def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None, on_weights=None):
     """Train a fresh ResNet-18 as `cfg` says; return the run, and on_epoch(run) after each epoch.
 
     The run is {"model": model_facts(...), "warmed_up": whether warm_up ran, "epochs": [one
@@ -197,7 +197,9 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
     It stops early, marking the epoch `diverged`, when the average loss is NaN or infinite.
     `profiler` (timing.py's `Profile`) is stepped after every training step. Under torchrun
     (parallel.py) each rank trains on its share of every epoch, and the epoch's figures are
-    summed over the ranks; only rank 0 shows progress.
+    summed over the ranks; only rank 0 shows progress. `on_weights(model)`, on rank 0, gets
+    the plain ResNet-18 (unwrapped from DDP and torch.compile) after every epoch that did not
+    diverge, before on_epoch.
     """
     world = parallel.current_world()
     device = torch.device(world.device if world else cfg.device)
@@ -234,12 +236,20 @@ def fit(cfg, train_set, test_set, on_epoch=None, label="", profiler=None):
                                                cfg.channels_last)
         run["epochs"].append(result)
         run["summary"] = summarize(run["epochs"])
+        if on_weights is not None and shown and not result["diverged"]:
+            on_weights(plain_model(model))
         if on_epoch is not None:
             on_epoch(run)  # saved before anything is printed: a broken stderr loses nothing
         progress.done(result)
         if result["diverged"]:
             break
     return run
+
+
+def plain_model(model):
+    """The ResNet-18 inside torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's
+    return getattr(model, "module", model)       # DDP's
 
 
 def warm_up(cfg, device, batch_size, steps=3):
