@@ -120,7 +120,7 @@ class CheckRulesTest(TempDirTest):
         text = " ".join(done.stdout.split())
         self.assertIn("one of: c1, c2,", text)
         self.assertIn("all, check", text)
-        self.assertIn("check = every exercise on a tiny slice on this device", text)
+        self.assertIn("check every exercise on a tiny slice on this device", text)
         self.assertIn("--bench check: after the checks, measure the headline figures", text)
         self.assertIn("--wide summary: add the kernel shape", text)
 
