@@ -399,13 +399,15 @@ REFUSED_BY = {"all": ("wide",), "check": ("wide", "quick")}
 
 def applies(dest, exercise, exercises, quick=()):
     """Whether the option with this dest can change what `exercise` does. --quick applies
-    where one of the slices it chooses (`quick`, Config fields) does."""
+    where one of the slices it chooses (`quick`, Config fields) does. A field that an exercise
+    of any handout takes as its own (2026's --trace) applies to no other."""
     if dest == "quick":
         return any(applies(field, exercise, exercises) for field in quick)
     if dest in COMMAND_OPTIONS:
         return False
     field = FIELD.get(dest, dest)
-    if any(field in other.takes for other in exercises.values()) and field not in exercise.takes:
+    owners = [*exercises.values(), *handouts.LATER_EXERCISES.values()]
+    if any(field in owner.takes for owner in owners) and field not in exercise.takes:
         return False
     rule = APPLIES.get(dest)
     return field not in exercise.ignores and (rule is None or rule(exercise))
@@ -438,8 +440,8 @@ def check_applicable(parser, args, exercises, quick=()):
         other = TWINS.get(action.dest)
         instead = (f"; {args.exercise} takes {flags[other]}" if other and args.exercise
                    in exercises and takes(args.exercise, other, exercises) else "")
-        raise UsageError(f"{flags[action.dest]} is for {', '.join(takers)}, not "
-                         f"{args.exercise}{instead}")
+        takers = ", ".join(takers) or "exercises of another handout (--handout)"
+        raise UsageError(f"{flags[action.dest]} is for {takers}, not {args.exercise}{instead}")
 
 
 def check_compiler():

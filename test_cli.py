@@ -21,7 +21,8 @@ import data
 import lab
 import report
 from machine import usable_cores, worker_limit
-from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
+from testkit import (HERE, TINY, TempDirTest, one_line, only_these_items, quiet_module,
+                     run_lab)
 
 setUpModule = quiet_module
 
@@ -199,9 +200,8 @@ class CtrlCLineTest(TempDirTest):
         def stop_at_once(cfg):
             raise KeyboardInterrupt
 
-        exercises = {"q1": lab.EXERCISES["q1"],
-                     "q2": replace(lab.EXERCISES["q2"], run=stop_at_once)}
-        with mock.patch.dict(lab.EXERCISES, exercises, clear=True):
+        q2_stopped = {"q2": replace(lab.EXERCISES["q2"], run=stop_at_once)}
+        with mock.patch.dict(lab.EXERCISES, q2_stopped), only_these_items("q1", "q2"):
             status, _, err = run_lab("all", "--out", self.out)
         self.assertEqual(status, 130, err)
         self.assertEqual(err.strip().splitlines()[-1],

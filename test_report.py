@@ -21,7 +21,8 @@ import lab
 import render
 import report
 from machine import worker_limit
-from testkit import HERE, TINY, TempDirTest, one_line, quiet_module, run_lab
+from testkit import (HERE, TINY, TempDirTest, one_line, only_these_items, quiet_module,
+                     run_lab)
 
 setUpModule = quiet_module
 
@@ -268,7 +269,7 @@ class ReportTrustTest(TempDirTest):
         first = self.load("c3")
         # `all --quick` as it runs C3 (the rest plays no part), without matplotlib this time.
         only_c3 = {"c3": replace(c3, chart=lambda result, path: False)}
-        with mock.patch.dict(lab.EXERCISES, only_c3, clear=True):
+        with mock.patch.dict(lab.EXERCISES, only_c3), only_these_items("c3"):
             status, out, err = run_lab("all", "--quick", *SWEEP, "--out", self.out)
         self.assertEqual(status, 0, err)
         kept = [line for line in out.splitlines() if line.startswith("(kept ")]
@@ -284,7 +285,7 @@ class ReportTrustTest(TempDirTest):
         self.assertTrue(self.load("c3")["config"]["quick"])
         self.assertIn(f"(saved to {self.out}/c3.json)", out)  # no chart this time
         # The same configuration again is complete: skipped, nothing more moved aside.
-        with mock.patch.dict(lab.EXERCISES, only_c3, clear=True):
+        with mock.patch.dict(lab.EXERCISES, only_c3), only_these_items("c3"):
             status, out, err = run_lab("all", "--quick", *SWEEP, "--out", self.out)
         self.assertNotIn("(kept ", out)
         self.assertEqual(sorted(os.listdir(self.out)),

@@ -18,6 +18,7 @@ from unittest import mock
 
 import torch
 
+import handouts
 import lab
 import report
 from lab import Config, q3_sgd_parameters, q4_adam_parameters
@@ -29,6 +30,13 @@ TINY = ["--dataset", "synthetic", "--train-size", "32", "--test-size", "20",
         "--batch-size", "16", "--epochs", "1", "--num-workers", "0"]
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # float32 on the CPU: the ways reorder sums, they compute the same thing
+
+
+def only_these_items(*names):
+    """The default handout cut down to lab.EXERCISES' `names`, no extras, while the `with`
+    lasts: `all` runs these alone, in this order."""
+    cut = handouts.Handout("stand-in", handouts.as_in_lab_py(*names), extras=())
+    return mock.patch.dict(handouts.HANDOUTS, {Config.handout: cut})
 
 
 def quiet_module():
