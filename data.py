@@ -15,6 +15,8 @@ import os
 import shutil
 import socket
 import sys
+import threading
+from multiprocessing import resource_sharer
 from pathlib import Path
 
 import numpy as np
@@ -339,7 +341,28 @@ def make_loader(dataset, batch_size, shuffle, num_workers, seed=0, pin_memory=Fa
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+        worker_init_fn=quiet_broken_handoffs if num_workers > 0 else None,
     )
+
+
+def quiet_broken_handoffs(worker_id):
+    """In each DataLoader worker: leave unprinted the broken connection of a batch the main
+    process stopped fetching.
+
+    A worker hands a batch's shared memory over through multiprocessing's resource sharer, a
+    thread that serves the main process's requests for it. A stop signal (Ctrl-C, SIGTERM,
+    SIGHUP) can end the main process in the middle of one; that thread's connection then
+    breaks, and Python would print its traceback below the run's last line, the one that says
+    what was kept. Every other error, in that thread or another, is printed as before.
+    """
+    printed = threading.excepthook
+
+    def hook(args):
+        handoff = getattr(resource_sharer._resource_sharer, "_thread", None)
+        if not (args.thread is handoff and issubclass(args.exc_type, (EOFError, OSError))):
+            printed(args)
+
+    threading.excepthook = hook
 
 
 class WorkerLoader(DataLoader):

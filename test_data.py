@@ -9,8 +9,10 @@ import contextlib
 import subprocess
 import sys
 import tempfile
+import threading
 import unittest
 import warnings
+from multiprocessing import resource_sharer
 from pathlib import Path
 from unittest import mock
 
@@ -380,6 +382,29 @@ class SharedMemoryTest(TempDirTest):
         self.assertIn("lab.py: error: the DataLoader's workers ran out of shared memory in "
                       "/dev/shm (it holds 0.0625 MiB): use --num-workers 0", done.stderr)
         self.assertIn("--shm-size", done.stderr)
+
+    def test_a_stop_mid_handoff_leaves_no_traceback_from_the_worker(self):
+        def fail(error):
+            raise error
+
+        def thread_failing_with(error):
+            return threading.Thread(target=fail, args=(error,))
+
+        printed = []
+        handoff = thread_failing_with(ConnectionResetError("the main process stopped"))
+        with mock.patch.object(threading, "excepthook", printed.append), \
+                mock.patch.object(resource_sharer._resource_sharer, "_thread", handoff):
+            data.quiet_broken_handoffs(worker_id=0)  # as each worker does when it starts
+            failing = [handoff, thread_failing_with(ConnectionResetError("another thread's")),
+                       thread_failing_with(EOFError("another thread's"))]
+            for thread in failing:
+                thread.start()
+                thread.join()
+            resource_sharer._resource_sharer._thread = thread_failing_with(ValueError("a bug"))
+            resource_sharer._resource_sharer._thread.start()
+            resource_sharer._resource_sharer._thread.join()
+        self.assertEqual([str(args.exc_value) for args in printed],
+                         ["another thread's", "another thread's", "a bug"])
 
 
 if __name__ == "__main__":

@@ -324,6 +324,10 @@ def q6_scripting(cfg, save=None):
                     scripted = torch.jit.script(block)
             except Exception as error:  # torch.jit.frontend's errors are RuntimeErrors
                 attempt["error"] = f"{type(error).__name__}: {str(error).strip()}"
+                # The failed type stays in TorchScript's cache of module types, and this
+                # process's next attempt would fail with "Can't redefine method" in place of
+                # torch's own error: the cache starts afresh.
+                torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
             else:
                 with torch.no_grad():
                     attempt["max_diff_from_python"] = max_difference(scripted(features),
