@@ -41,8 +41,10 @@ def render_c8_table(result):
             "the compilation and the pay-back are measured against the mean of all the epochs "
             "after the first."]
     if epochs < 10:
+        instead = f"the {later}" if later.startswith("mean") else later
         text.append(f"The handout asks for 10 epochs; this run trained {epochs} (--epochs or "
-                    f"--quick), so the second column is the {later}, not of epochs 6-10.")
+                    f"--quick), so the second column is not the mean of epochs 6-10 but "
+                    f"{instead}.")
     if result["note"]:
         text.append(result["note"])
     text += ["", explain_compile(result)]
