@@ -253,6 +253,22 @@ SWEEP = ["--dataset", "synthetic", "--train-size", "32", "--batch-size", "16",
          "--max-workers", "0", "--repeats", "1"]
 
 
+class AllGoesOnTest(TempDirTest):
+    def test_an_exercise_this_machine_cannot_run_is_one_line_and_all_goes_on(self):
+        def no_compiler(cfg, save):
+            raise report.CannotRunHere("no C++ compiler is found: install g++")
+
+        exercises = {"ec": replace(lab.EXERCISES["c1"], run=no_compiler),
+                     "q1": lab.EXERCISES["q1"]}
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            report.run_all(lab.Config(out=self.out), exercises, stream=io.StringIO())
+        self.assertEqual(err.getvalue().strip().splitlines(),
+                         ["lab.py: ec skipped: no C++ compiler is found: install g++"])
+        self.assertFalse(os.path.exists(os.path.join(self.out, "ec.json")))
+        self.assertTrue(self.load("q1")["complete"])
+
+
 class ReportTrustTest(TempDirTest):
     """report.py: no run loses another configuration's results; REPORT.md warns about slices;
     every results file names the data set used and the code's version."""

@@ -47,9 +47,10 @@ BLOCK = "layer2.0"                 # 64 -> 128 channels, stride 2: the shortcut 
 EXAMPLE_BATCH = 2                  # the batch a trace runs on
 
 
-class PartBError(InferError):
+class PartBError(InferError, report.CannotRunHere):
     """Part B cannot start: no trained weights, or no C++ compiler for the extra credit. An
-    InferError, so the command line says it in one line and exits with status 2."""
+    InferError, so the command line says it in one line and exits with status 2; `all` says
+    it and goes on."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def c9_accuracy(cfg, save=None):
 
 def c10_latency(cfg, save=None):
     """C10: latency of the eager and the loaded TorchScript model on the CPU and on the GPU,
-    at each of cfg.infer_batch_sizes (batch 1 and the training batch, by default), on seeded
+    at each of cfg.infer_batch_sizes (batch 1 and 128 by default), on seeded
     random images. infer.time_in_rounds times single calls, the device synchronised before
     and after each, the two models taking turns; every output is checked against eager's."""
     model, weights = trained_model(cfg)
