@@ -361,7 +361,12 @@ def write_report(cfg, exercises):
     first = None
     sliced = {}  # the exercises that read a slice of the data: their training images
     for name, exercise in exercises.items():
-        saved, why = read_result(os.path.join(cfg.out, f"{name}.json"), name, exercise.render)
+        path = os.path.join(cfg.out, f"{name}.json")
+        saved, why = read_result(path, name, exercise.render)
+        numbered_by = saved and saved.get("handout", type(cfg).handout)  # none: before 2025's
+        if saved is not None and numbered_by != cfg.handout:  # one --out for two handouts
+            saved, why = None, (f"{path} holds the {numbered_by} handout's {name}, not the "
+                                f"{cfg.handout} handout's")
         if saved is None and why is None and not exercise.in_lab:
             continue
         sections.append(f"## {exercise.title}\n")

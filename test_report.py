@@ -17,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import data
+import handouts
 import lab
 import render
 import report
@@ -267,6 +268,18 @@ class AllGoesOnTest(TempDirTest):
                          ["lab.py: ec skipped: no C++ compiler is found: install g++"])
         self.assertFalse(os.path.exists(os.path.join(self.out, "ec.json")))
         self.assertTrue(self.load("q1")["complete"])
+
+
+class OtherHandoutTest(TempDirTest):
+    def test_report_md_never_shows_another_handouts_results_under_its_titles(self):
+        status, _, err = run_lab("q1", "--out", self.out)  # 2022's, the default
+        self.assertEqual(status, 0, err)
+        cfg = lab.Config(handout="2026", out=self.out)
+        report.write_report(cfg, handouts.exercises_for("2026", lab.EXERCISES))
+        text = Path(self.out, "REPORT.md").read_text()
+        q1 = text.split("## Q1: convolutional layers [4 points]")[1].split("\n## ")[0]
+        self.assertIn(f"Not shown: {self.out}/q1.json holds the 2022 handout's q1, not the "
+                      "2026 handout's.", q1)
 
 
 class ReportTrustTest(TempDirTest):
