@@ -440,8 +440,20 @@ def check_applicable(parser, args, exercises, quick=()):
         other = TWINS.get(action.dest)
         instead = (f"; {args.exercise} takes {flags[other]}" if other and args.exercise
                    in exercises and takes(args.exercise, other, exercises) else "")
-        takers = ", ".join(takers) or "exercises of another handout (--handout)"
+        takers = ", ".join(takers) or other_handouts_takers(action.dest)
         raise UsageError(f"{flags[action.dest]} is for {takers}, not {args.exercise}{instead}")
+
+
+def other_handouts_takers(dest):
+    """The items of other handouts whose own option this is: "c7, c8, c9, c10, ec of
+    --handout 2026" for --trace under 2022."""
+    field = FIELD.get(dest, dest)
+    later = handouts.LATER_EXERCISES
+    found = [(year, [item.command for item in handout.items if item.exercise in later
+                     and field in later[item.exercise].takes])
+             for year, handout in handouts.HANDOUTS.items()]
+    return "; ".join(f"{', '.join(commands)} of --handout {year}"
+                     for year, commands in found if commands) or "no exercise"
 
 
 def check_compiler():

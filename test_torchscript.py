@@ -127,7 +127,8 @@ class WithoutWeightsTest(unittest.TestCase):
                 status, _, err = run_lab("--handout", "2026", *args, "--out", folder)
                 one_line(self, status, err, message)
             status, _, err = run_lab("c7", "--trace", "--out", folder)  # 2022's C7 trains
-            one_line(self, status, err, "--trace is for exercises of another handout")
+            one_line(self, status, err, "--trace is for c7, c8, c9, c10, ec of --handout 2026, "
+                                        "not c7")
 
     def test_q5_the_trace_fixes_what_the_script_keeps(self):
         result = torchscript.q5_trace_vs_script(lab.Config())
