@@ -109,6 +109,20 @@ class PartBTest(unittest.TestCase):
             self.assertIn("| gpu    |     1 | skipped", text)
 
 
+class LatencyVerdictTest(unittest.TestCase):
+    def test_faster_or_slower_only_clear_of_the_spread(self):
+        def row(script, eager, speedup=1.0):  # (median, p90) in ms of each
+            timing = lambda pair: {"median_ms": pair[0], "p90_ms": pair[1]}
+            return {"torchscript": timing(script), "eager": timing(eager), "speedup": speedup}
+
+        verdict = torchscript.compared_with_eager
+        self.assertEqual(verdict(row((5.0, 6.0), (7.0, 8.0))), "faster than eager")
+        self.assertEqual(verdict(row((7.0, 8.0), (5.0, 6.0))), "slower than eager")
+        self.assertTrue(verdict(row((5.0, 7.5), (7.0, 8.0), 1.4)).startswith("as fast as eager"))
+        self.assertEqual(verdict(row((5.0, None), (7.0, None), 1.4)),
+                         "faster than eager (too few calls to tell it from their spread)")
+
+
 class WithoutWeightsTest(unittest.TestCase):
     def test_missing_weights_are_one_line_naming_the_command(self):
         with tempfile.TemporaryDirectory() as folder:

@@ -439,9 +439,9 @@ def render_c10_latency(result):
                             "speed-up vs eager", "timed calls", "max diff vs eager"], rows,
                            align="lrlrrrrrr")
     findings = [f"- {row['device']}, batch {row['batch_size']}: TorchScript is "
-                f"{'faster' if row['speedup'] > 1 else 'not faster'} than eager, "
-                f"{row['speedup']:.2f}x its speed (median {row['torchscript']['median_ms']:.2f} "
-                f"against {row['eager']['median_ms']:.2f} ms)." for row in result["rows"]]
+                f"{compared_with_eager(row)}, {row['speedup']:.2f}x its speed (median "
+                f"{row['torchscript']['median_ms']:.2f} against {row['eager']['median_ms']:.2f} "
+                "ms)." for row in result["rows"]]
     if result["gpu"]["skipped"]:
         findings.append(f"- GPU skipped: {result['gpu']['skipped']}.")
     for where, failed in result.get("errors", {}).items():
@@ -481,6 +481,21 @@ def render_q5_trace_vs_script(result):
                  f"{script['block_code'].strip()}\n```")
     parts.append(render_infer_trace_versus_script(result["branch"]))
     return "\n\n".join(parts)
+
+
+def compared_with_eager(row):
+    """TorchScript against eager at one device and batch: faster or slower only where one's
+    p90 is below the other's median, that is, clear of the spread of the calls."""
+    script, eager = row["torchscript"], row["eager"]
+    if script["p90_ms"] is None or eager["p90_ms"] is None:
+        return ("faster than eager" if row["speedup"] > 1 else "not faster than eager") + \
+            " (too few calls to tell it from their spread)"
+    if script["p90_ms"] < eager["median_ms"]:
+        return "faster than eager"
+    if eager["p90_ms"] < script["median_ms"]:
+        return "slower than eager"
+    return ("as fast as eager within the spread of the calls (each one's p90 above the "
+            "other's median)")
 
 
 def explain_recorded(trace, script):
