@@ -120,7 +120,7 @@ class LatencyVerdictTest(unittest.TestCase):
         self.assertEqual(verdict(row((7.0, 8.0), (5.0, 6.0))), "slower than eager")
         self.assertTrue(verdict(row((5.0, 7.5), (7.0, 8.0), 1.4)).startswith("as fast as eager"))
         self.assertEqual(verdict(row((5.0, None), (7.0, None), 1.4)),
-                         "faster than eager (too few calls to tell it from their spread)")
+                         "not told apart from eager here (too few timed calls for a p90)")
 
 
 class WithoutWeightsTest(unittest.TestCase):
