@@ -555,9 +555,11 @@ def stop_once(signum, frame):
     A signal sent to the whole process group (Ctrl-C, `timeout`, Slurm, torchrun stopping its
     ranks) reaches the DataLoader's workers too: they end on SIGINT and SIGHUP through this
     handler, which they inherit, and on SIGTERM through torch's own. torch's SIGCHLD handler
-    would then report each worker's end as a failure, so it goes now.
+    would then report each worker's end as a failure, so it goes now, for a handler that does
+    nothing: not SIG_DFL, since a SIGCHLD already pending would then find no Python handler
+    and raise "OSError: Signal 17 ignored due to race condition" wherever the run is.
     """
     on_stop_signals(signal.SIG_IGN)
     if hasattr(signal, "SIGCHLD"):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
