@@ -351,7 +351,7 @@ def chart_infer(result, path):
         each.set_xlim(0, 1.3 * slowest or 1)  # room for the figures after the whiskers
         each.set(title=f"batch {size}", xlabel="milliseconds per call (median)")
     figure.suptitle(f"infer: latency of each way on {result['inference_device']}; "
-                    "whisker: up to the p90 of single calls (from 10 calls)")
+                    "whisker: up to the p90 of single calls, where enough were timed for one")
     return save(plt, figure, path)
 
 
@@ -382,7 +382,7 @@ def chart_torchscript_latency(result, path):
         each.set(title=f"batch {size}", xlabel="milliseconds per call (median)")
     skipped = " (no GPU here)" if result["gpu"]["skipped"] else ""
     figure.suptitle(f"C10: latency, eager against TorchScript ({result['method']}){skipped}; "
-                    "whisker: up to the p90 of single calls (from 10 calls)")
+                    "whisker: up to the p90 of single calls, where enough were timed for one")
     return save(plt, figure, path)
 
 
