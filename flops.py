@@ -37,6 +37,10 @@ MATMUL_SIZES = {"cpu": {"n": 2048, "products": 3, "rounds": 5},
 DEVICE_DTYPES = {"cpu": ("float32", "bfloat16"),
                  "cuda": ("float32", "tf32", "bfloat16", "float16")}
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+# The longest one timed product may take. A dtype that this device multiplies slowly is timed
+# on smaller products: on a CPU without bfloat16 instructions (AVX2 only), bfloat16 ran 2048^3
+# products at 0.27 GFLOP/s, a minute each, 17 minutes for the untimed one and five rounds.
+PRODUCT_SECONDS = 1.0
 
 
 def layer_arithmetic(module, output, batch):
@@ -99,6 +103,36 @@ def tf32_matmuls(enabled):
         setattr(matmul, name, saved)
 
 
+def matmul_operands(device, dtype, n):
+    """Two seeded n x n matrices in `dtype` on `device`, and the context their products run in
+    (TF32 switched on or off on a GPU)."""
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    torch_dtype = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
+    a, b = (torch.randn(n, n, generator=generator).to(device, torch_dtype) for _ in range(2))
+    precision = tf32_matmuls(dtype == "tf32") if device.type == "cuda" else nullcontext()
+    return a, b, precision
+
+
+def matmul_side(device, dtype, largest):
+    """The side of the products to time in `dtype`: `largest`, unless one product that size
+    would take over PRODUCT_SECONDS here; then the largest power of two below it that would
+    not. From 256 up, each side is multiplied twice and the second product timed; doubling
+    the side costs eight times the arithmetic, so that time times eight says whether the next
+    side fits."""
+    side = min(256, largest)
+    while side < largest:
+        a, b, precision = matmul_operands(device, dtype, side)
+        with precision:
+            torch.mm(a, b)  # untimed: library start-up, kernel choice
+            with Timer(device) as timer:
+                torch.mm(a, b)
+        if 8 * timer.elapsed > PRODUCT_SECONDS:
+            break
+        side = min(2 * side, largest)
+    return side
+
+
 def matmul_rate(device, dtype, n, products, rounds):
     """FLOP/s of dense n x n matrix products in `dtype` ("float32", "tf32", "bfloat16", ...) on
     `device`: the fastest of `rounds` synchronised rounds of `products` products, after one
@@ -106,11 +140,7 @@ def matmul_rate(device, dtype, n, products, rounds):
     denominator is what the device reaches, and on a shared machine a round that another job
     slowed says nothing about that.
     """
-    device = torch.device(device)
-    generator = torch.Generator().manual_seed(0)
-    torch_dtype = torch.float32 if dtype == "tf32" else getattr(torch, dtype)
-    a, b = (torch.randn(n, n, generator=generator).to(device, torch_dtype) for _ in range(2))
-    precision = tf32_matmuls(dtype == "tf32") if device.type == "cuda" else nullcontext()
+    a, b, precision = matmul_operands(device, dtype, n)
     rates = []
     with precision:
         torch.mm(a, b)
@@ -128,14 +158,17 @@ def matmul_sizes(device):
 
 
 def matmul_rates(device, dtypes):
-    """{dtype: FLOP/s} for each of `dtypes` on `device` (None for a dtype it cannot multiply)."""
-    rates = {}
+    """Two dicts over `dtypes`: the FLOP/s of each on `device` (None for a dtype it cannot
+    multiply), and the side of the products that rate was timed on (matmul_side)."""
+    sizes = matmul_sizes(device)
+    rates, sides = {}, {}
     for dtype in dtypes:
         try:
-            rates[dtype] = matmul_rate(device, dtype, **matmul_sizes(device))
+            sides[dtype] = matmul_side(device, dtype, sizes["n"])
+            rates[dtype] = matmul_rate(device, dtype, **{**sizes, "n": sides[dtype]})
         except (RuntimeError, TypeError):  # a dtype this device or build has no matmul for
             rates[dtype] = None
-    return rates
+    return rates, sides
 
 
 def step_flops(cfg, device, batch_size):
@@ -178,11 +211,11 @@ def c2_arithmetic(cfg, epochs):
     device = torch.device(cfg.device)
     counted = step_flops(cfg, device, cfg.batch_size)
     dtype = step_dtype(device, cfg.amp)
-    rates = matmul_rates(device, [dtype])
+    rates, sides = matmul_rates(device, [dtype])
     train_time = sum(epoch["train_time"] for epoch in epochs)
     images_per_second = sum(epoch["images"] for epoch in epochs) / train_time if train_time else 0
     return {"step_flops": counted, "dtype": dtype, "images_per_second": images_per_second,
-            "matmul": matmul_sizes(device), "matmul_flops_per_s": rates,
+            "matmul": matmul_sizes(device), "matmul_flops_per_s": rates, "matmul_sides": sides,
             **achieved(counted["per_image"], images_per_second, rates[dtype])}
 
 
@@ -194,12 +227,13 @@ def bench_arithmetic(cfg, device, rows):
     for row in rows:
         row["dtype"] = step_dtype(device, row["options"].get("amp"))
     dtypes = DEVICE_DTYPES.get(device.type, ("float32",))
-    rates = matmul_rates(device, dict.fromkeys([*dtypes, *(row["dtype"] for row in rows)]))
+    rates, sides = matmul_rates(device, dict.fromkeys([*dtypes, *(row["dtype"] for row in rows)]))
     for row in rows:
         measured = row["images_per_second"] is not None
         row.update(achieved(counted["per_image"], row["images_per_second"], rates[row["dtype"]])
                    if measured else {"flops_per_s": None, "matmul_share": None})
-    return {"step_flops": counted, "matmul": matmul_sizes(device), "matmul_flops_per_s": rates}
+    return {"step_flops": counted, "matmul": matmul_sizes(device), "matmul_flops_per_s": rates,
+            "matmul_sides": sides}
 
 
 # ----------------------------------------------------------------------------------------
@@ -250,7 +284,8 @@ def render_c2_arithmetic(arithmetic):
 def describe_arithmetic(figures):
     """What FLOP/s and the share are: torch's count of the step, and the matmul measured here."""
     step, matmul = figures["step_flops"], figures["matmul"]
-    rates = ", ".join(f"{dtype} {gflops(rate)} GFLOP/s"
+    sides = figures.get("matmul_sides", {})  # none in a result from before sides were kept
+    rates = ", ".join(describe_rate(dtype, rate, sides.get(dtype, matmul["n"]), matmul["n"])
                       for dtype, rate in figures["matmul_flops_per_s"].items())
     return (f"FLOP/s is images/s times the step's {step['per_image'] / 1e9:.2f} GFLOP per image "
             f"(forward {step['forward_per_image'] / 1e9:.2f}, backward "
@@ -260,6 +295,15 @@ def describe_arithmetic(figures):
             f"the rate at which this device multiplied dense {matmul['n']}x{matmul['n']} "
             f"matrices in the step's dtype in this same run ({rates}): a rate it really "
             "reached, not a data-sheet peak.")
+
+
+def describe_rate(dtype, rate, side, largest):
+    """One dtype's matmul rate, and the side it was timed on where that is not the usual."""
+    text = f"{dtype} {gflops(rate)} GFLOP/s"
+    if rate is not None and side < largest:
+        text += (f" on {side}x{side} matrices, as one {largest}x{largest} product would take "
+                 f"over {PRODUCT_SECONDS:g} s here")
+    return text
 
 
 def explain_share(share, dtype):

@@ -164,6 +164,30 @@ class StepFlopsTest(unittest.TestCase):
             self.assertEqual(flops.matmul_rate("cpu", "float32", n=8, products=2, rounds=3),
                              flops.matmul_flops(8, 2) / 0.5)
 
+    def test_a_slow_dtype_is_timed_on_smaller_products(self):
+        def taking(seconds):  # every timed product takes `seconds`
+            def stop(timer, *exc):
+                timer.elapsed = seconds
+            return mock.patch.object(flops.Timer, "__exit__", autospec=True, side_effect=stop)
+        with taking(0.0):  # fast: the usual side
+            self.assertEqual(flops.matmul_side("cpu", "float32", 2048), 2048)
+        with taking(flops.PRODUCT_SECONDS / 8 * 1.01):  # the next side would take too long
+            self.assertEqual(flops.matmul_side("cpu", "float32", 2048), 256)
+        self.assertEqual(flops.matmul_side("cpu", "float32", 64), 64)  # never above the usual
+        # Really measured, with a limit that no product here meets: every side is too long.
+        with mock.patch.object(flops, "PRODUCT_SECONDS", 0.0):
+            rates, sides = flops.matmul_rates("cpu", ["float32"])
+        self.assertEqual(sides, {"float32": 256})
+        self.assertGreater(rates["float32"], 0)
+
+    def test_a_smaller_side_is_said(self):
+        self.assertEqual(flops.describe_rate("float32", 173e9, 2048, 2048),
+                         "float32 173.0 GFLOP/s")
+        self.assertEqual(flops.describe_rate("bfloat16", 1.2e9, 512, 2048),
+                         "bfloat16 1.2 GFLOP/s on 512x512 matrices, as one 2048x2048 product "
+                         "would take over 1 s here")
+        self.assertEqual(flops.describe_rate("tf32", None, 256, 2048), "tf32 - GFLOP/s")
+
 
 class ShareTest(unittest.TestCase):
     """The share arithmetic on known figures: the ones measured on this project's CPU."""
@@ -180,7 +204,8 @@ class ShareTest(unittest.TestCase):
                 {"name": "amp bf16", "options": {"amp": "bf16"}, "images_per_second": 100.0},
                 {"name": "compile", "options": {"compile": True}, "images_per_second": None}]
         rates = {"float32": 200e9, "bfloat16": 400e9}
-        with mock.patch.object(flops, "matmul_rates", return_value=rates) as measured:
+        sides = {"float32": 2048, "bfloat16": 2048}
+        with mock.patch.object(flops, "matmul_rates", return_value=(rates, sides)) as measured:
             figures = flops.bench_arithmetic(replace(lab.Config(), batch_size=1), "cpu", rows)
         self.assertEqual(list(measured.call_args.args[1]), ["float32", "bfloat16"])
         per_image = figures["step_flops"]["per_image"]
@@ -189,6 +214,7 @@ class ShareTest(unittest.TestCase):
         self.assertAlmostEqual(rows[1]["matmul_share"], 100 * per_image / 400e9)
         self.assertEqual((rows[2]["flops_per_s"], rows[2]["matmul_share"]), (None, None))
         self.assertEqual(figures["matmul_flops_per_s"], rates)
+        self.assertEqual(figures["matmul_sides"], sides)
 
     def test_the_printout_follows_the_share(self):
         arithmetic = {"step_flops": {"batch_size": 128, "forward_per_image": 1.11e9,
